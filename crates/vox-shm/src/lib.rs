@@ -1,0 +1,26 @@
+//! vox-shm: a shared-memory transport for processes on one machine,
+//! wire-compatible with the vox SHM segment format v7.
+//!
+//! One *host* creates a [`Segment`]; up to 255 *guests* attach to it, each with
+//! a bidirectional link made of two single-producer rings in the segment.
+
+pub mod segment;
+
+/// Slot pool types (re-exported from `shm-primitives`).
+pub mod varslot {
+    pub use shm_primitives::varslot::{
+        AllocError, ClassOffsets, ClassUsage, FreeError, PoolLayout, SizeClassConfig, SlotError, SlotRef, VarSlotPool,
+    };
+}
+
+/// Peer table types (re-exported from `shm-primitives`).
+pub mod peer_table {
+    pub use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable, Side, PEER_ENTRY_SIZE};
+}
+
+pub use segment::{AttachError, CreateError, CreateOptions, PeerError, Segment, SegmentConfig};
+pub use shm_primitives::layout::SegmentLayout;
+pub use shm_primitives::mmap::FileCleanup;
+pub use shm_primitives::peer::PeerId;
+pub use shm_primitives::varslot::{SizeClassConfig, SlotRef, VarSlotPool};
+pub use shm_primitives::Features;

@@ -1,0 +1,470 @@
+//! The segment: one shared file holding the header, the peer table, a ring pair
+//! per guest and the shared slot pool (spec A1).
+//!
+//! The host creates it with [`Segment::create`]; guests map it with
+//! [`Segment::attach`] (by path) or [`Segment::attach_fd`] (by a descriptor
+//! received from the host). Attaching validates everything against the file
+//! before any of it is used: a truncated, foreign or corrupted file gets an
+//! [`AttachError`], never a panic or an out-of-bounds access.
+//!
+//! ```
+//! use vox_shm::segment::{Segment, SegmentConfig};
+//! use vox_shm::varslot::SizeClassConfig;
+//! use vox_shm::FileCleanup;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("hub.shm");
+//! let classes = [SizeClassConfig { slot_size: 4096, slot_count: 16 }];
+//! let config = SegmentConfig { size_classes: &classes, ..SegmentConfig::default() };
+//! let host = Segment::create(&path, config, FileCleanup::UnlinkOnDrop).unwrap();
+//! let guest = Segment::attach(&path).unwrap();
+//! assert_eq!(guest.layout(), host.layout());
+//! let id = host.reserve_peer().unwrap();
+//! guest.claim_peer(id).unwrap();
+//! ```
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use shm_primitives::bipbuf::BipBuf;
+use shm_primitives::header::{HeaderError, HeaderFields, SegmentHeader, SegmentHeaderInit, MAX_INLINE_THRESHOLD};
+use shm_primitives::layout::{check_inline_threshold, LayoutError, SegmentLayout};
+use shm_primitives::mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
+use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable};
+use shm_primitives::varslot::{SizeClassConfig, VarSlotPool};
+use shm_primitives::Features;
+
+/// What a host chooses when it creates a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentConfig<'a> {
+    /// Number of guest slots (each gets a ring pair).
+    pub max_guests: u8,
+    /// Data bytes per ring, per direction, per guest.
+    pub bipbuf_capacity: u32,
+    /// Largest payload a sender may allocate.
+    pub max_payload_size: u32,
+    /// Payloads up to this many bytes travel inline in the ring (0 = 256).
+    pub inline_threshold: u32,
+    /// Heartbeat interval in ns; 0 disables heartbeats.
+    pub heartbeat_interval: u64,
+    /// Slot pool size classes, sorted by slot size.
+    pub size_classes: &'a [SizeClassConfig],
+}
+
+/// Default size classes: 1 KiB × 256, 16 KiB × 64, 256 KiB × 16 (about 6 MiB).
+pub const DEFAULT_SIZE_CLASSES: &[SizeClassConfig] = &[
+    SizeClassConfig { slot_size: 1024, slot_count: 256 },
+    SizeClassConfig { slot_size: 16 * 1024, slot_count: 64 },
+    SizeClassConfig { slot_size: 256 * 1024, slot_count: 16 },
+];
+
+impl Default for SegmentConfig<'static> {
+    /// 8 guests, 64 KiB rings, 16 MiB payloads, inline up to 256 bytes, no
+    /// heartbeat, [`DEFAULT_SIZE_CLASSES`].
+    fn default() -> Self {
+        SegmentConfig {
+            max_guests: 8,
+            bipbuf_capacity: 64 * 1024,
+            max_payload_size: 16 * 1024 * 1024,
+            inline_threshold: 256,
+            heartbeat_interval: 0,
+            size_classes: DEFAULT_SIZE_CLASSES,
+        }
+    }
+}
+
+/// File-level choices for [`Segment::create_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// What happens to the file's name (see [`FileCleanup`]).
+    pub cleanup: FileCleanup,
+    /// Permission bits, applied regardless of the umask. Default 0600.
+    pub mode: u32,
+    /// Extension features the host advertises (spec C0). Default: all we
+    /// implement; [`Features::NONE`] makes a segment byte-identical to 0.3.1's.
+    pub host_features: Features,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions { cleanup: FileCleanup::UnlinkOnDrop, mode: DEFAULT_FILE_MODE, host_features: Features::ALL }
+    }
+}
+
+/// Why a segment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The configuration cannot describe a valid segment.
+    #[error("invalid segment configuration: {0}")]
+    Config(#[from] LayoutError),
+    /// The file could not be created or mapped.
+    #[error("cannot create segment file: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why a segment could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The file could not be opened or mapped.
+    #[error("cannot open segment: {0}")]
+    Io(#[from] io::Error),
+    /// The file is not a valid segment.
+    #[error("not a valid vox segment v7: {0}")]
+    BadHeader(#[from] HeaderError),
+}
+
+/// Why a peer-table operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The id is beyond this segment's `max_guests`.
+    #[error("peer {peer} does not exist (segment has {max_guests} guest slots)")]
+    NoSuchPeer {
+        /// Peer asked for.
+        peer: u8,
+        /// Guest slots in the segment.
+        max_guests: u8,
+    },
+    /// The entry is not in the state the operation needs.
+    #[error("peer {peer} is {actual:?}, expected {expected:?}")]
+    WrongState {
+        /// Peer asked for.
+        peer: u8,
+        /// State needed.
+        expected: PeerState,
+        /// State found.
+        actual: PeerState,
+    },
+}
+
+/// A mapped, validated segment.
+#[derive(Debug)]
+pub struct Segment {
+    region: MmapRegion,
+    layout: SegmentLayout,
+    fields: HeaderFields,
+    peers: PeerTable,
+    pool: VarSlotPool,
+    created: bool,
+}
+
+impl Segment {
+    /// Creates a segment file at `path` with default [`CreateOptions`] except
+    /// for `cleanup`.
+    pub fn create(path: &Path, config: SegmentConfig<'_>, cleanup: FileCleanup) -> Result<Segment, CreateError> {
+        Self::create_with(path, config, CreateOptions { cleanup, ..CreateOptions::default() })
+    }
+
+    /// Creates a segment file at `path` (spec A1.3, with B8: everything is
+    /// initialised first and the magic is published last, mode 0600 unless
+    /// `options.mode` says otherwise).
+    pub fn create_with(path: &Path, config: SegmentConfig<'_>, options: CreateOptions) -> Result<Segment, CreateError> {
+        let layout = Self::plan(&config)?;
+        let region = MmapRegion::create(path, layout.total_size as usize, options.cleanup, options.mode)?;
+        Ok(Self::initialise(region, layout, &config, options.host_features)?)
+    }
+
+    /// Creates a segment with no name in the file system (a sealed `memfd` on
+    /// Linux). Guests can only attach through its descriptor
+    /// ([`Segment::try_clone_fd`] → fd passing → [`Segment::attach_fd`]); nothing
+    /// is left behind when the last process unmaps it, even after `kill -9`.
+    pub fn create_anonymous(config: SegmentConfig<'_>, host_features: Features) -> Result<Segment, CreateError> {
+        let layout = Self::plan(&config)?;
+        let region = MmapRegion::create_anonymous("vox-shm-segment", layout.total_size as usize)?;
+        Ok(Self::initialise(region, layout, &config, host_features)?)
+    }
+
+    fn plan(config: &SegmentConfig<'_>) -> Result<SegmentLayout, LayoutError> {
+        check_inline_threshold(config.inline_threshold)?;
+        SegmentLayout::compute(config.max_guests, config.bipbuf_capacity, config.size_classes)
+    }
+
+    fn initialise(
+        region: MmapRegion,
+        layout: SegmentLayout,
+        config: &SegmentConfig<'_>,
+        host_features: Features,
+    ) -> io::Result<Segment> {
+        let r = region.region();
+        let oob = |e: shm_primitives::OutOfBounds| io::Error::other(format!("segment layout out of bounds: {e}"));
+        let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
+        peers.init(|id| layout.ring_offset(id));
+        for (id, _) in peers.iter() {
+            for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
+                // SAFETY: the file was just created and is not yet published (no
+                // magic), so nobody else touches it; `region` outlives the views.
+                unsafe { BipBuf::init(r, off, layout.bipbuf_capacity) }.map_err(oob)?;
+            }
+        }
+        // SAFETY: as above: exclusive access before the magic is published.
+        let pool = unsafe { VarSlotPool::init(r, layout.var_pool_offset, &layout.pool) }.map_err(oob)?;
+        let header = Self::header_at(&region);
+        header.init(&SegmentHeaderInit {
+            total_size: layout.total_size,
+            max_payload_size: config.max_payload_size,
+            inline_threshold: config.inline_threshold,
+            max_guests: layout.max_guests,
+            bipbuf_capacity: layout.bipbuf_capacity,
+            peer_table_offset: layout.peer_table_offset,
+            var_pool_offset: layout.var_pool_offset,
+            heartbeat_interval: config.heartbeat_interval,
+            num_var_slot_classes: layout.pool.classes.len() as u32,
+            host_features,
+        });
+        let fields = header.read();
+        Ok(Segment { region, layout, fields, peers, pool, created: true })
+    }
+
+    /// Maps the segment file at `path` and validates it.
+    pub fn attach(path: &Path) -> Result<Segment, AttachError> {
+        Self::validate(MmapRegion::attach(path)?)
+    }
+
+    /// Maps a segment from a descriptor (e.g. received over a Unix socket) and
+    /// validates it. The size comes from `fstat`, not from the header.
+    pub fn attach_fd(fd: OwnedFd) -> Result<Segment, AttachError> {
+        Self::validate(MmapRegion::attach_fd(fd)?)
+    }
+
+    fn header_at(region: &MmapRegion) -> &SegmentHeader {
+        let p = region.region().typed::<SegmentHeader>(0).expect("mapping holds a header (checked by callers)");
+        // SAFETY: in bounds and aligned; all-atomic struct (any bits valid); the
+        // mapping lives as long as the borrow of `region`.
+        unsafe { p.as_ref() }
+    }
+
+    /// B8: check the header, then every offset and class entry against the file.
+    fn validate(region: MmapRegion) -> Result<Segment, AttachError> {
+        let file_len = region.len() as u64;
+        if file_len < shm_primitives::SEGMENT_HEADER_SIZE as u64 {
+            return Err(HeaderError::TooShort { file_len }.into());
+        }
+        let fields = Self::header_at(&region).read();
+        fields.check_identity()?;
+        let r = region.region();
+        let mismatch = |field, expected: u64, found: u64| HeaderError::LayoutMismatch { field, expected, found };
+        if fields.peer_table_offset != shm_primitives::SEGMENT_HEADER_SIZE as u64 {
+            return Err(mismatch("peer_table_offset", 128, fields.peer_table_offset).into());
+        }
+        let max_guests = fields.max_guests as u8; // <= 255 by check_identity
+        let (_, pool_offset) = SegmentLayout::rings(max_guests, fields.bipbuf_capacity).map_err(HeaderError::from)?;
+        if fields.var_pool_offset != pool_offset {
+            return Err(mismatch("var_pool_offset", pool_offset, fields.var_pool_offset).into());
+        }
+        let classes = VarSlotPool::discover_configs(r, fields.var_pool_offset, fields.num_var_slot_classes)?;
+        let layout = SegmentLayout::compute(max_guests, fields.bipbuf_capacity, &classes).map_err(HeaderError::from)?;
+        if fields.total_size != layout.total_size {
+            return Err(mismatch("total_size", layout.total_size, fields.total_size).into());
+        }
+        if layout.total_size > file_len {
+            return Err(HeaderError::FileTooSmall { needed: layout.total_size, file_len }.into());
+        }
+        let oob = |e| AttachError::BadHeader(HeaderError::OutOfBounds(e));
+        let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
+        for (id, entry) in peers.iter() {
+            if entry.ring_offset() != layout.ring_offset(id) {
+                return Err(mismatch("peer ring_offset", layout.ring_offset(id), entry.ring_offset()).into());
+            }
+            for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
+                let ring = BipBuf::attach(r, off, layout.bipbuf_capacity).map_err(oob)?;
+                let stored = ring.header().stored_capacity();
+                if stored != layout.bipbuf_capacity {
+                    return Err(mismatch("ring capacity", layout.bipbuf_capacity.into(), stored.into()).into());
+                }
+            }
+        }
+        let pool = VarSlotPool::attach(r, layout.var_pool_offset, &layout.pool).map_err(oob)?;
+        Ok(Segment { region, layout, fields, peers, pool, created: false })
+    }
+
+    /// The header in shared memory (live values: goodbye flag, current size).
+    pub fn header(&self) -> &SegmentHeader {
+        Self::header_at(&self.region)
+    }
+
+    /// The header values validated at create/attach time.
+    pub fn fields(&self) -> &HeaderFields {
+        &self.fields
+    }
+
+    /// The validated geometry.
+    pub fn layout(&self) -> &SegmentLayout {
+        &self.layout
+    }
+
+    /// Number of guest slots.
+    pub fn max_guests(&self) -> u8 {
+        self.layout.max_guests
+    }
+
+    /// Data bytes per ring.
+    pub fn bipbuf_capacity(&self) -> u32 {
+        self.layout.bipbuf_capacity
+    }
+
+    /// Largest payload a sender may allocate.
+    pub fn max_payload_size(&self) -> u32 {
+        self.fields.max_payload_size
+    }
+
+    /// Inline threshold with 0 read as 256, capped at 65535 (the inline length
+    /// field is 16 bits; a 0.3.1 host may have stored more).
+    pub fn inline_threshold(&self) -> u32 {
+        self.fields.effective_inline_threshold().min(MAX_INLINE_THRESHOLD)
+    }
+
+    /// Heartbeat interval in ns (0 = off).
+    pub fn heartbeat_interval(&self) -> u64 {
+        self.fields.heartbeat_interval
+    }
+
+    /// Extension features the host advertises.
+    pub fn host_features(&self) -> Features {
+        self.fields.host_features
+    }
+
+    /// The slot size classes.
+    pub fn size_classes(&self) -> Vec<SizeClassConfig> {
+        self.layout.pool.configs()
+    }
+
+    /// True for the process that created the segment.
+    pub fn is_creator(&self) -> bool {
+        self.created
+    }
+
+    /// The file's path, if it has one.
+    pub fn path(&self) -> Option<&Path> {
+        self.region.path()
+    }
+
+    /// Mapped length.
+    pub fn mapped_len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// A close-on-exec duplicate of the segment's descriptor, to pass to a guest.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.region.try_clone_fd()
+    }
+
+    /// The peer table.
+    pub fn peer_table(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    /// The shared slot pool.
+    pub fn var_pool(&self) -> &VarSlotPool {
+        &self.pool
+    }
+
+    fn entry(&self, id: PeerId) -> Result<&PeerEntry, PeerError> {
+        self.peers.entry(id).ok_or(PeerError::NoSuchPeer { peer: id.get(), max_guests: self.layout.max_guests })
+    }
+
+    /// The entry of a guest, if the id exists in this segment.
+    pub fn peer_entry(&self, id: PeerId) -> Option<&PeerEntry> {
+        self.peers.entry(id)
+    }
+
+    /// Host: reserves the first free guest slot before spawning a guest.
+    pub fn reserve_peer(&self) -> Option<PeerId> {
+        self.peers.reserve()
+    }
+
+    /// Host: gives back a reservation (the spawn failed).
+    pub fn release_reserved_peer(&self, id: PeerId) -> Result<(), PeerError> {
+        let e = self.entry(id)?;
+        if e.release_reserved() {
+            Ok(())
+        } else {
+            Err(PeerError::WrongState { peer: id.get(), expected: PeerState::Reserved, actual: e.state() })
+        }
+    }
+
+    /// Spawned guest: claims the slot the host reserved for it.
+    pub fn claim_peer(&self, id: PeerId) -> Result<(), PeerError> {
+        self.entry(id)?.try_claim_reserved().map_err(|actual| PeerError::WrongState {
+            peer: id.get(),
+            expected: PeerState::Reserved,
+            actual,
+        })
+    }
+
+    /// Walk-in guest: attaches to the first free slot.
+    pub fn attach_peer(&self) -> Option<PeerId> {
+        self.peers.attach_walk_in()
+    }
+
+    /// Guest: leaves gracefully (state Goodbye).
+    pub fn detach_peer(&self, id: PeerId) -> Result<(), PeerError> {
+        self.entry(id)?.set_goodbye();
+        Ok(())
+    }
+
+    /// Host: announces shutdown to every guest.
+    pub fn set_host_goodbye(&self) {
+        self.header().set_host_goodbye();
+    }
+
+    /// Whether `id`'s heartbeat is older than two intervals at `now_ns`.
+    pub fn is_peer_heartbeat_stale(&self, id: PeerId, now_ns: u64) -> bool {
+        self.peers.entry(id).is_some_and(|e| e.is_heartbeat_stale(now_ns, self.fields.heartbeat_interval))
+    }
+
+    /// The guest-to-host ring of `id`.
+    pub fn g2h_bipbuf(&self, id: PeerId) -> Option<BipBuf> {
+        self.ring_at(id, self.layout.g2h_offset(id))
+    }
+
+    /// The host-to-guest ring of `id`.
+    pub fn h2g_bipbuf(&self, id: PeerId) -> Option<BipBuf> {
+        self.ring_at(id, self.layout.h2g_offset(id))
+    }
+
+    fn ring_at(&self, id: PeerId, off: u64) -> Option<BipBuf> {
+        self.peers.entry(id)?;
+        BipBuf::attach(self.region.region(), off, self.layout.bipbuf_capacity).ok()
+    }
+
+    /// Host: grows the file and remaps it (spec A1.4). The extra space is not
+    /// used by format v7 peers; this exists for completeness. Needs `&mut`, so
+    /// no link can hold views into the old mapping.
+    pub fn grow_segment(&mut self, new_size: u64) -> io::Result<()> {
+        let new_size = usize::try_from(new_size).map_err(|_| io::Error::other("size does not fit in memory"))?;
+        self.region.resize(new_size)?;
+        self.rebuild_views()?;
+        self.header().set_current_size(new_size as u64);
+        Ok(())
+    }
+
+    /// Guest: remaps if the host grew the segment. Returns whether it did.
+    pub fn check_and_remap(&mut self) -> io::Result<bool> {
+        let wanted = usize::try_from(self.header().current_size()).map_err(|_| io::Error::other("size too large"))?;
+        if !self.region.check_and_remap(wanted)? {
+            return Ok(false);
+        }
+        self.rebuild_views()?;
+        Ok(true)
+    }
+
+    fn rebuild_views(&mut self) -> io::Result<()> {
+        let r = self.region.region();
+        let oob = |e: shm_primitives::OutOfBounds| io::Error::other(e.to_string());
+        self.peers = PeerTable::attach(r, self.layout.peer_table_offset, self.layout.max_guests).map_err(oob)?;
+        self.pool = VarSlotPool::attach(r, self.layout.var_pool_offset, &self.layout.pool).map_err(oob)?;
+        Ok(())
+    }
+}
+
+impl AsFd for Segment {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.region.as_fd()
+    }
+}
+
+impl AsRawFd for Segment {
+    fn as_raw_fd(&self) -> RawFd {
+        self.region.as_raw_fd()
+    }
+}
