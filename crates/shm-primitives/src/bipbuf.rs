@@ -226,7 +226,7 @@ impl BipBuf {
     /// process; the segment layer enforces this per process.
     pub unsafe fn producer(&self) -> BipBufProducer {
         let write = self.header().write.load(Ordering::Relaxed).min(self.capacity);
-        BipBufProducer { buf: *self, write, cached_read: 0, pending: None }
+        BipBufProducer { buf: *self, write, cached_read: 0, pending: None, wraps: 0 }
     }
 
     /// The consumer handle.
@@ -286,6 +286,9 @@ pub struct BipBufProducer {
     cached_read: u32,
     /// `(start, len)` of the outstanding grant.
     pending: Option<(u32, u32)>,
+    /// Number of wraps so far (a wrap must be made visible to a sleeping
+    /// consumer even when the grant after it fails).
+    wraps: u64,
 }
 
 impl BipBufProducer {
@@ -352,6 +355,17 @@ impl BipBufProducer {
         h.watermark.store(self.write, Ordering::Release);
         h.write.store(0, Ordering::Release);
         self.write = 0;
+        self.wraps += 1;
+    }
+
+    /// How many times this producer wrapped to the front.
+    pub fn wraps(&self) -> u64 {
+        self.wraps
+    }
+
+    /// Our write position (local copy).
+    pub fn position(&self) -> u32 {
+        self.write
     }
 
     /// Whether `try_grant(n)` would succeed now, without changing anything.
@@ -477,6 +491,13 @@ impl BipBufConsumer {
     /// The ring this handle reads.
     pub fn ring(&self) -> &BipBuf {
         &self.buf
+    }
+
+    /// Our read position (local copy). It changes on `release` and when
+    /// `try_read` hands a drained tail back to the producer; both free space a
+    /// waiting producer may need to hear about.
+    pub fn position(&self) -> u32 {
+        self.read
     }
 
     /// The readable bytes at the head, if any (spec A3.4, with one fix).

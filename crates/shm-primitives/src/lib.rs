@@ -27,6 +27,7 @@ pub mod peer;
 pub mod region;
 mod sync;
 pub mod varslot;
+pub mod wake;
 
 pub use bipbuf::{BipBuf, BipBufConsumer, BipBufHeader, BipBufProducer, RingError, BIPBUF_HEADER_SIZE};
 pub use features::Features;

@@ -166,3 +166,119 @@ fn pool_racing_double_free_has_one_winner() {
         drop(heap);
     });
 }
+
+/// The doorbell, modelled: a counter of pending signals; `wait` blocks until
+/// there is one and consumes all (signals coalesce, as on the real socket).
+struct Bell {
+    pending: loom::sync::Mutex<u32>,
+    cv: loom::sync::Condvar,
+}
+
+impl Bell {
+    fn new() -> Self {
+        Bell { pending: loom::sync::Mutex::new(0), cv: loom::sync::Condvar::new() }
+    }
+    fn ring(&self) {
+        *self.pending.lock().unwrap() += 1;
+        self.cv.notify_all();
+    }
+    fn wait(&self) {
+        let mut p = self.pending.lock().unwrap();
+        while *p == 0 {
+            p = self.cv.wait(p).unwrap();
+        }
+        *p = 0;
+    }
+}
+
+/// C1 wake on demand, both directions at once: the consumer sleeps when the
+/// ring is empty, the producer sleeps when it is full, and each side rings
+/// only if the other announced it is waiting. A lost wake-up leaves a thread
+/// blocked forever, which loom reports as a deadlock.
+#[test]
+fn wake_on_demand_never_leaves_a_side_asleep() {
+    use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
+    model(|| {
+        let ring = Ring::new(8);
+        let to_consumer = Arc::new(Bell::new());
+        let to_producer = Arc::new(Bell::new());
+        const SIZES: [u32; 3] = [5, 4, 6];
+        let (r2, tc, tp) = (ring.clone(), to_consumer.clone(), to_producer.clone());
+        let producer = thread::spawn(move || {
+            let buf = r2.buf();
+            let h = buf.header();
+            // SAFETY: the only producer of this ring.
+            let mut tx = unsafe { buf.producer() };
+            for n in SIZES {
+                // Grant `n`, sleeping while the ring is full. The re-check after
+                // announcing must be a real `try_grant`: a ring that is empty
+                // but needs a wrap only makes progress once the producer wraps
+                // (and the consumer then hands the tail back).
+                let mut announced = false;
+                loop {
+                    let wraps = tx.wraps();
+                    let granted = tx.try_grant(n).unwrap().is_some();
+                    // A wrap is a publication the consumer must see.
+                    if tx.wraps() != wraps && should_wake(h.consumer_waiting()) {
+                        tc.ring();
+                    }
+                    if granted {
+                        break;
+                    }
+                    if !announced {
+                        announce_waiting(h.producer_waiting());
+                        announced = true;
+                        continue;
+                    }
+                    tp.wait();
+                    stop_waiting(h.producer_waiting());
+                    announced = false;
+                }
+                if announced {
+                    stop_waiting(h.producer_waiting());
+                }
+                tx.commit(n).unwrap();
+                if should_wake(h.consumer_waiting()) {
+                    tc.ring();
+                }
+            }
+        });
+        let buf = ring.buf();
+        let h = buf.header();
+        // SAFETY: the only consumer of this ring.
+        let mut rx = unsafe { buf.consumer() };
+        let mut got = 0;
+        // Whenever our read position moves (a release, or a drained tail handed
+        // back inside `try_read`), a producer waiting for space must hear of it.
+        let wake_producer = |moved: bool| {
+            if moved && should_wake(h.producer_waiting()) {
+                to_producer.ring();
+            }
+        };
+        while got < SIZES.len() {
+            let n = SIZES[got];
+            let before = rx.position();
+            let found = rx.try_read().unwrap().map(|r| r.len());
+            wake_producer(rx.position() != before);
+            if let Some(len) = found {
+                assert!(len >= n);
+                rx.release(n).unwrap();
+                got += 1;
+                wake_producer(true);
+                continue;
+            }
+            announce_waiting(h.consumer_waiting());
+            let before = rx.position();
+            let found = rx.try_read().unwrap().is_some();
+            wake_producer(rx.position() != before);
+            if found || rx.wrap_pending() {
+                stop_waiting(h.consumer_waiting());
+                thread::yield_now();
+                continue;
+            }
+            to_consumer.wait();
+            stop_waiting(h.consumer_waiting());
+        }
+        producer.join().unwrap();
+    });
+}

@@ -4,6 +4,7 @@
 //! One *host* creates a [`Segment`]; up to 255 *guests* attach to it, each with
 //! a bidirectional link made of two single-producer rings in the segment.
 
+pub mod framing;
 pub mod segment;
 
 /// Slot pool types (re-exported from `shm-primitives`).

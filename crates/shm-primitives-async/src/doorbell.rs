@@ -1,0 +1,292 @@
+//! The doorbell (spec A7): a non-blocking `AF_UNIX` stream socket pair, one
+//! end per side of a link, used to wake the other side and to notice its death.
+//!
+//! A signal is one byte; any number of pending bytes mean "look again", so
+//! signals coalesce. The peer's death shows up as end-of-file when reading (its
+//! end was closed by the kernel at exit) or `EPIPE` when writing. Writes use
+//! `MSG_NOSIGNAL`, so a dead peer never raises `SIGPIPE`.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::fd;
+
+/// Outcome of [`Doorbell::signal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignalResult {
+    /// The byte was written.
+    Sent,
+    /// The socket buffer is full: the peer has wake-ups pending anyway.
+    BufferFull,
+    /// The peer's end is closed.
+    PeerDead,
+}
+
+/// One end of a doorbell pair, not yet registered with a runtime. This is what
+/// travels to a guest (inherited, or passed over a Unix socket).
+#[derive(Debug)]
+pub struct DoorbellHandle(OwnedFd);
+
+impl DoorbellHandle {
+    /// Command-line argument name used for the guest's descriptor number.
+    pub const ARG_NAME: &'static str = "--doorbell-fd";
+
+    /// Wraps an owned stream-socket descriptor.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        DoorbellHandle(fd)
+    }
+
+    /// The descriptor number as a decimal string (for a child's arguments).
+    pub fn to_arg(&self) -> String {
+        self.0.as_raw_fd().to_string()
+    }
+
+    /// Adopts an inherited descriptor named by a decimal argument, checking that
+    /// it is an open Unix stream socket.
+    ///
+    /// # Safety
+    /// The descriptor must have been inherited for this purpose and not be owned
+    /// by anything else in the process.
+    pub unsafe fn from_arg(arg: &str) -> io::Result<Self> {
+        let raw = fd::parse_fd_arg(arg)?;
+        // SAFETY: forwarded to the caller's contract.
+        Ok(DoorbellHandle(unsafe { fd::adopt_fd(raw, Some(libc::SOCK_STREAM)) }?))
+    }
+
+    /// Gives up ownership of the descriptor.
+    pub fn into_fd(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl AsFd for DoorbellHandle {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for DoorbellHandle {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl IntoRawFd for DoorbellHandle {
+    fn into_raw_fd(self) -> RawFd {
+        self.0.into_raw_fd()
+    }
+}
+
+/// Creates a connected doorbell pair: `(host end, guest end)`, both
+/// non-blocking and close-on-exec.
+pub fn create_pair() -> io::Result<(DoorbellHandle, DoorbellHandle)> {
+    let (a, b) = fd::socketpair(libc::SOCK_STREAM)?;
+    Ok((DoorbellHandle(a), DoorbellHandle(b)))
+}
+
+/// What one non-blocking drain found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// Bytes consumed.
+    pub bytes: usize,
+    /// The peer closed its end (or the socket failed).
+    pub peer_gone: bool,
+}
+
+/// A doorbell end registered with the tokio reactor.
+#[derive(Debug)]
+pub struct Doorbell {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Doorbell {
+    /// Registers a handle with the current tokio runtime (must be called from
+    /// inside one).
+    pub fn new(handle: DoorbellHandle) -> io::Result<Doorbell> {
+        fd::set_nonblocking(handle.as_fd())?;
+        Ok(Doorbell { fd: fd::register(handle.0, Interest::READABLE)? })
+    }
+
+    /// Rings the peer: one byte, never blocking, never raising `SIGPIPE`.
+    pub fn signal(&self) -> SignalResult {
+        let byte = 1u8;
+        loop {
+            // SAFETY: `byte` is valid for reading one byte for the call.
+            let rc = unsafe {
+                libc::send(
+                    self.fd.get_ref().as_raw_fd(),
+                    (&byte as *const u8).cast(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if rc > 0 {
+                return SignalResult::Sent;
+            }
+            if rc == 0 {
+                return SignalResult::PeerDead;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => return SignalResult::BufferFull,
+                #[allow(unreachable_patterns)]
+                Some(libc::EWOULDBLOCK) => return SignalResult::BufferFull,
+                _ => return SignalResult::PeerDead,
+            }
+        }
+    }
+
+    /// Consumes every pending byte without waiting.
+    pub fn drain(&self) -> Drained {
+        drain_fd(self.fd.get_ref().as_fd())
+    }
+
+    /// Waits until at least one signal arrived and consumes all pending bytes.
+    /// Returns how many; a closed peer is `BrokenPipe`. Spurious readiness is
+    /// absorbed here, never returned.
+    pub async fn wait(&self) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let d = drain_fd(self.fd.get_ref().as_fd());
+            if d.peer_gone {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "doorbell peer closed"));
+            }
+            // Drained to EAGAIN: the readiness we were woken for is used up.
+            guard.clear_ready();
+            if d.bytes > 0 {
+                return Ok(d.bytes);
+            }
+        }
+    }
+
+    /// Bytes waiting to be read (`FIONREAD`).
+    pub fn pending_bytes(&self) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to `n`.
+        if unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as usize)
+    }
+
+    /// Whether the peer's end is closed, found by a non-blocking peek.
+    pub fn is_peer_dead(&self) -> bool {
+        let mut b = 0u8;
+        // SAFETY: `b` is valid for writing one byte.
+        let rc = unsafe {
+            libc::recv(self.fd.get_ref().as_raw_fd(), (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        rc == 0 || (rc < 0 && !matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)))
+    }
+}
+
+impl AsRawFd for Doorbell {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+}
+
+fn drain_fd(fd: BorrowedFd<'_>) -> Drained {
+    let mut buf = [0u8; 64];
+    let mut out = Drained::default();
+    loop {
+        // SAFETY: `buf` is valid for writing `buf.len()` bytes.
+        let rc = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if rc > 0 {
+            out.bytes += rc as usize;
+            continue;
+        }
+        if rc == 0 {
+            out.peer_gone = true;
+            return out;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return out,
+            #[allow(unreachable_patterns)]
+            Some(libc::EWOULDBLOCK) => return out,
+            _ => {
+                out.peer_gone = true;
+                return out;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn signals_wake_and_coalesce() {
+        let (a, b) = create_pair().unwrap();
+        let (a, b) = (Doorbell::new(a).unwrap(), Doorbell::new(b).unwrap());
+        assert_eq!(a.signal(), SignalResult::Sent);
+        assert_eq!(a.signal(), SignalResult::Sent);
+        assert_eq!(b.pending_bytes().unwrap(), 2);
+        assert_eq!(b.wait().await.unwrap(), 2, "one wait consumes every pending signal");
+        assert_eq!(b.drain(), Drained { bytes: 0, peer_gone: false });
+        let waiter = tokio::spawn(async move { b.wait().await.map(|_| b) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "no signal, no wake-up");
+        a.signal();
+        let b = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+        assert!(!b.is_peer_dead());
+    }
+
+    #[tokio::test]
+    async fn death_is_eof_and_epipe_without_sigpipe() {
+        let (a, b) = create_pair().unwrap();
+        let (a, b) = (Doorbell::new(a).unwrap(), Doorbell::new(b).unwrap());
+        let waiter = tokio::spawn(async move { b.wait().await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(a);
+        let err = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+
+        let (a, b) = create_pair().unwrap();
+        let a = Doorbell::new(a).unwrap();
+        drop(b);
+        assert!(a.is_peer_dead());
+        // Without MSG_NOSIGNAL this would kill the test process with SIGPIPE.
+        assert_eq!(a.signal(), SignalResult::PeerDead);
+        assert!(a.drain().peer_gone);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_coalesces() {
+        let (a, b) = create_pair().unwrap();
+        let a = Doorbell::new(a).unwrap();
+        let mut results = std::collections::HashSet::new();
+        for _ in 0..2_000_000 {
+            let r = a.signal();
+            results.insert(r);
+            if r == SignalResult::BufferFull {
+                break;
+            }
+        }
+        assert!(results.contains(&SignalResult::BufferFull));
+        let b = Doorbell::new(b).unwrap();
+        assert!(b.wait().await.unwrap() > 0);
+        assert_eq!(a.signal(), SignalResult::Sent, "space again after the drain");
+    }
+
+    #[test]
+    fn handles_round_trip_through_arguments() {
+        let (a, _b) = create_pair().unwrap();
+        let arg = a.to_arg();
+        let raw = a.into_raw_fd();
+        assert_eq!(arg, raw.to_string());
+        // SAFETY: `raw` was released by its owner just above.
+        let back = unsafe { DoorbellHandle::from_arg(&arg) }.unwrap();
+        assert_eq!(back.as_raw_fd(), raw);
+        assert!(crate::fd::is_cloexec(back.as_fd()).unwrap(), "adopted ends are close-on-exec again");
+        // SAFETY: not a descriptor this process has.
+        assert!(unsafe { DoorbellHandle::from_arg("987654") }.is_err());
+    }
+}
