@@ -178,9 +178,15 @@ impl Doorbell {
         let mut b = 0u8;
         // SAFETY: `b` is valid for writing one byte.
         let rc = unsafe {
-            libc::recv(self.fd.get_ref().as_raw_fd(), (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            libc::recv(
+                self.fd.get_ref().as_raw_fd(),
+                (&mut b as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
         };
-        rc == 0 || (rc < 0 && !matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)))
+        rc == 0
+            || (rc < 0 && !matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)))
     }
 }
 

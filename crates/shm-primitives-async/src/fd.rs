@@ -72,7 +72,9 @@ pub fn unix_socket_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: `v` and `len` are valid for writes of the sizes given.
-        cvt(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) })?;
+        cvt(unsafe {
+            libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len)
+        })?;
         Ok::<_, io::Error>(v)
     };
     #[cfg(target_os = "linux")]
@@ -98,7 +100,10 @@ pub unsafe fn adopt_fd(fd: RawFd, socket_type: Option<libc::c_int>) -> io::Resul
     if let Some(want) = socket_type {
         let got = unix_socket_type(std::os::fd::AsFd::as_fd(&owned))?;
         if got != want {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} has socket type {got}, expected {want}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {fd} has socket type {got}, expected {want}"),
+            ));
         }
     }
     // Ours now: never leak it into a later exec.
@@ -108,7 +113,10 @@ pub unsafe fn adopt_fd(fd: RawFd, socket_type: Option<libc::c_int>) -> io::Resul
 
 /// Parses a decimal descriptor number argument.
 pub fn parse_fd_arg(s: &str) -> io::Result<RawFd> {
-    let n: RawFd = s.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("not a descriptor number: {s:?}")))?;
+    let n: RawFd = s
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("not a descriptor number: {s:?}")))?;
     if n < 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative descriptor number"));
     }

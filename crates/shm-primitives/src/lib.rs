@@ -35,7 +35,7 @@ pub use header::{
     HeaderError, HeaderFields, SegmentHeader, SegmentHeaderInit, MAGIC, SEGMENT_HEADER_SIZE, SEGMENT_VERSION,
 };
 pub use layout::{LayoutError, SegmentLayout};
-pub use mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
+pub use mmap::{FileCleanup, Mapping, MmapRegion, DEFAULT_FILE_MODE};
 pub use peer::{PeerEntry, PeerId, PeerState, PeerTable, Side, PEER_ENTRY_SIZE};
 pub use region::{HeapRegion, OutOfBounds, Region};
 pub use varslot::{AllocError, CheckedSlot, FreeError, PoolLayout, SizeClassConfig, SlotError, SlotRef, VarSlotPool};

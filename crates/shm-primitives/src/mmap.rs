@@ -151,6 +151,22 @@ impl MmapRegion {
         Self::attach_file(File::from(fd))
     }
 
+    /// Maps exactly `len` bytes of an open descriptor, after checking that it
+    /// is a regular file at least that long (a mapping region received from a
+    /// peer: its announced length is untrusted).
+    pub fn attach_fd_with_len(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        let file = File::from(fd);
+        let have = file_len(&file)?;
+        if len == 0 || have < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file holds {have} bytes, {len} were announced"),
+            ));
+        }
+        let ptr = map_shared(&file, len)?;
+        Ok(Self { ptr, len, file, path: None, cleanup: FileCleanup::Manual, owner: false })
+    }
+
     fn attach_file(file: File) -> io::Result<Self> {
         let len = file_len(&file)?;
         if len == 0 {
@@ -234,6 +250,58 @@ impl MmapRegion {
         self.ptr = new_ptr;
         self.len = new_len;
         Ok(())
+    }
+}
+
+impl MmapRegion {
+    /// Keeps only the mapping: closes the descriptor (a mapping stays valid
+    /// without it). No file is unlinked by the result.
+    pub fn into_mapping(self) -> Mapping {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again; each field is moved out
+        // exactly once (the file and path are dropped here, closing the fd).
+        unsafe {
+            drop(std::ptr::read(&this.file));
+            drop(std::ptr::read(&this.path));
+        }
+        Mapping { ptr: this.ptr, len: this.len }
+    }
+}
+
+/// A shared mapping whose descriptor has been closed; unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: as for `MmapRegion`: the mapping is owned by this value and accessed
+// through `Region` views whose users synchronise via atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// A view of the mapped bytes.
+    pub fn region(&self) -> Region {
+        // SAFETY: page-aligned (mmap) and mapped until `self` is dropped.
+        unsafe { Region::from_raw(self.ptr, self.len) }
+    }
+
+    /// Mapped length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if nothing is mapped (never for a constructed mapping).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unmap(self.ptr, self.len);
     }
 }
 
@@ -411,6 +479,17 @@ mod tests {
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
             assert!(flags & libc::FD_CLOEXEC != 0);
         }
+    }
+
+    #[test]
+    fn a_mapping_outlives_its_descriptor() {
+        let r = MmapRegion::create_anonymous("t", 4096).unwrap();
+        let fd = r.as_raw_fd();
+        write_byte(&r.region(), 7, 42);
+        let m = r.into_mapping();
+        // SAFETY: plain fcntl query; the number is closed now.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0, "the descriptor is closed");
+        assert_eq!(read_byte(&m.region(), 7), 42);
     }
 
     #[cfg(target_os = "linux")]

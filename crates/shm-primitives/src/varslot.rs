@@ -614,6 +614,21 @@ impl VarSlotPool {
         n
     }
 
+    /// Changes a slot's owner from `from` to `to` if it is Allocated under
+    /// `slot.generation` and owned by `from` (a receiver taking over a slot it
+    /// holds, so crash recovery of the sender leaves it alone). Returns whether
+    /// it did.
+    pub fn retag_owner(&self, slot: SlotRef, from: u32, to: u32) -> bool {
+        if self.check(slot).is_err() {
+            return false;
+        }
+        let m = self.meta(slot.class_idx as usize, slot.slot_idx);
+        m.generation.load(Ordering::Acquire) == slot.generation
+            && m.state.load(Ordering::Acquire) == SlotState::Allocated as u32
+            // AcqRel: ordered with the allocator's Release store of the owner.
+            && m.owner_peer.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
     /// `(generation, state, owner)` of a slot, for inspection.
     pub fn slot_meta(&self, class: usize, idx: u32) -> Option<(u32, u32, u32)> {
         let c = self.classes.get(class)?;

@@ -390,8 +390,14 @@ mod tests {
             (vec![10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], FrameError::BadLength { total_len: 10 }),
             (vec![16, 0, 0, 0, 0, 0, 0, 0], FrameError::PastEnd { total_len: 16, readable: 8 }),
             (vec![8, 0, 0, 0, 3, 0, 0, 0], FrameError::BadFlags { flags: 3 }),
-            (vec![16, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], FrameError::ShortReference { kind: "slot-ref", total_len: 16, needed: 20 }),
-            ([vec![28, 0, 0, 0, 2, 0, 0, 0], vec![0; 20]].concat(), FrameError::ShortReference { kind: "mapping-ref", total_len: 28, needed: 32 }),
+            (
+                vec![16, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                FrameError::ShortReference { kind: "slot-ref", total_len: 16, needed: 20 },
+            ),
+            (
+                [vec![28, 0, 0, 0, 2, 0, 0, 0], vec![0; 20]].concat(),
+                FrameError::ShortReference { kind: "mapping-ref", total_len: 28, needed: 32 },
+            ),
             (vec![12, 0, 0, 0, 0, 0, 5, 0, 1, 2, 3, 4], FrameError::InlineLength { inline_len: 5, total_len: 12 }),
         ];
         for (bytes, want) in cases {

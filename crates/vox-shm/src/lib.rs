@@ -5,7 +5,11 @@
 //! a bidirectional link made of two single-producer rings in the segment.
 
 pub mod framing;
+pub mod host;
+pub mod link;
+pub mod mmap_registry;
 pub mod segment;
+pub mod shm_link;
 
 /// Slot pool types (re-exported from `shm-primitives`).
 pub mod varslot {
@@ -19,7 +23,16 @@ pub mod peer_table {
     pub use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable, Side, PEER_ENTRY_SIZE};
 }
 
+pub use host::{
+    create_test_link_pair, guest_link_from_raw, guest_link_from_ticket, spawn_guest, AddPeerOptions, GuestArgs,
+    GuestSpawnTicket, HostHub, HostPeer, MultiPeerHostDriver, PreparedPeer, ShmHost,
+};
+pub use link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, SplitLink, TransportMode, WriteSlot};
 pub use segment::{AttachError, CreateError, CreateOptions, PeerError, Segment, SegmentConfig};
+pub use shm_link::{
+    LinkOptions, ShmLink, ShmLinkRx, ShmLinkRxError, ShmLinkTx, ShmTransportStatsSnapshot, ShmTxPermit, ShmWriteSlot,
+    WaitStrategy,
+};
 pub use shm_primitives::layout::SegmentLayout;
 pub use shm_primitives::mmap::FileCleanup;
 pub use shm_primitives::peer::PeerId;

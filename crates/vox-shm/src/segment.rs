@@ -26,11 +26,14 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
-use shm_primitives::bipbuf::BipBuf;
+use shm_primitives::bipbuf::{BipBuf, BipBufConsumer, BipBufProducer};
 use shm_primitives::header::{HeaderError, HeaderFields, SegmentHeader, SegmentHeaderInit, MAX_INLINE_THRESHOLD};
 use shm_primitives::layout::{check_inline_threshold, LayoutError, SegmentLayout};
 use shm_primitives::mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
+use shm_primitives::peer::Side;
 use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable};
 use shm_primitives::varslot::{SizeClassConfig, VarSlotPool};
 use shm_primitives::Features;
@@ -125,6 +128,12 @@ pub enum PeerError {
         /// Guest slots in the segment.
         max_guests: u8,
     },
+    /// A link of this process still uses the peer's rings.
+    #[error("peer {peer} still has a link in this process")]
+    InUse {
+        /// Peer asked for.
+        peer: u8,
+    },
     /// The entry is not in the state the operation needs.
     #[error("peer {peer} is {actual:?}, expected {expected:?}")]
     WrongState {
@@ -137,6 +146,119 @@ pub enum PeerError {
     },
 }
 
+/// Slot owner value for slots the host holds (0.3.1 uses it for everything
+/// the host allocates).
+pub const OWNER_HOST: u32 = 0;
+
+/// Slot owner value for a slot the host allocated and sent to guest `peer`.
+/// vox-shm 0.3.1 never reads owners except to reclaim a dead guest's slots, so
+/// this tag only lets *our* host also reclaim what it had in flight to a guest
+/// that died (0.3.1 leaks those).
+pub fn owner_host_to(peer: PeerId) -> u32 {
+    0x100 | u32::from(peer.get())
+}
+
+/// The slot owner value of what `side` allocates on the link of `peer`.
+pub fn sender_owner(side: Side, peer: PeerId) -> u32 {
+    match side {
+        Side::Host => owner_host_to(peer),
+        Side::Guest => u32::from(peer.get()),
+    }
+}
+
+/// One end of one of a guest's two rings, as used by a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingEnd {
+    /// Producer of the host-to-guest ring (host link's sending half).
+    HostTx,
+    /// Consumer of the guest-to-host ring (host link's receiving half).
+    HostRx,
+    /// Producer of the guest-to-host ring (guest link's sending half).
+    GuestTx,
+    /// Consumer of the host-to-guest ring (guest link's receiving half).
+    GuestRx,
+}
+
+impl RingEnd {
+    fn bit(self) -> u8 {
+        match self {
+            RingEnd::HostTx => 1,
+            RingEnd::HostRx => 2,
+            RingEnd::GuestTx => 4,
+            RingEnd::GuestRx => 8,
+        }
+    }
+
+    /// The sending end of `side`.
+    pub fn tx(side: Side) -> RingEnd {
+        match side {
+            Side::Host => RingEnd::HostTx,
+            Side::Guest => RingEnd::GuestTx,
+        }
+    }
+
+    /// The receiving end of `side`.
+    pub fn rx(side: Side) -> RingEnd {
+        match side {
+            Side::Host => RingEnd::HostRx,
+            Side::Guest => RingEnd::GuestRx,
+        }
+    }
+}
+
+/// Exclusive use of one ring end inside this process; released on drop. This
+/// is what makes "single producer, single consumer" a matter of ownership.
+#[derive(Debug)]
+pub struct RingClaim {
+    segment: Arc<Segment>,
+    peer: PeerId,
+    end: RingEnd,
+}
+
+impl RingClaim {
+    /// The ring this end belongs to.
+    pub fn ring(&self) -> BipBuf {
+        let r = match self.end {
+            RingEnd::HostTx | RingEnd::GuestRx => self.segment.h2g_bipbuf(self.peer),
+            RingEnd::HostRx | RingEnd::GuestTx => self.segment.g2h_bipbuf(self.peer),
+        };
+        r.expect("claims exist only for peers of the segment")
+    }
+
+    /// The producer handle (for `HostTx` / `GuestTx` claims).
+    pub fn producer(&self) -> Option<BipBufProducer> {
+        // SAFETY: this claim is the only one for its end in this process, and the
+        // claim outlives the handle (the caller keeps both together).
+        matches!(self.end, RingEnd::HostTx | RingEnd::GuestTx).then(|| unsafe { self.ring().producer() })
+    }
+
+    /// The consumer handle (for `HostRx` / `GuestRx` claims).
+    pub fn consumer(&self) -> Option<BipBufConsumer> {
+        // SAFETY: as for `producer`.
+        matches!(self.end, RingEnd::HostRx | RingEnd::GuestRx).then(|| unsafe { self.ring().consumer() })
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.segment
+    }
+}
+
+impl Drop for RingClaim {
+    fn drop(&mut self) {
+        self.segment.ring_ends[self.peer.index()].fetch_and(!self.end.bit(), Ordering::AcqRel);
+    }
+}
+
+/// What crash recovery reclaimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// Slot references freed while draining the host-to-guest ring.
+    pub drained_slots: usize,
+    /// Slots reclaimed by owner (the guest's own and the host's in flight to it).
+    pub reclaimed_slots: usize,
+}
+
 /// A mapped, validated segment.
 #[derive(Debug)]
 pub struct Segment {
@@ -146,6 +268,8 @@ pub struct Segment {
     peers: PeerTable,
     pool: VarSlotPool,
     created: bool,
+    /// Per guest: which ring ends are in use in this process (`RingEnd` bits).
+    ring_ends: Box<[AtomicU8]>,
 }
 
 impl Segment {
@@ -212,7 +336,8 @@ impl Segment {
             host_features,
         });
         let fields = header.read();
-        Ok(Segment { region, layout, fields, peers, pool, created: true })
+        let ring_ends = Self::ring_end_table(layout.max_guests);
+        Ok(Segment { region, layout, fields, peers, pool, created: true, ring_ends })
     }
 
     /// Maps the segment file at `path` and validates it.
@@ -224,6 +349,10 @@ impl Segment {
     /// validates it. The size comes from `fstat`, not from the header.
     pub fn attach_fd(fd: OwnedFd) -> Result<Segment, AttachError> {
         Self::validate(MmapRegion::attach_fd(fd)?)
+    }
+
+    fn ring_end_table(max_guests: u8) -> Box<[AtomicU8]> {
+        (0..max_guests).map(|_| AtomicU8::new(0)).collect()
     }
 
     fn header_at(region: &MmapRegion) -> &SegmentHeader {
@@ -274,7 +403,8 @@ impl Segment {
             }
         }
         let pool = VarSlotPool::attach(r, layout.var_pool_offset, &layout.pool).map_err(oob)?;
-        Ok(Segment { region, layout, fields, peers, pool, created: false })
+        let ring_ends = Self::ring_end_table(layout.max_guests);
+        Ok(Segment { region, layout, fields, peers, pool, created: false, ring_ends })
     }
 
     /// The header in shared memory (live values: goodbye flag, current size).
@@ -427,9 +557,80 @@ impl Segment {
         BipBuf::attach(self.region.region(), off, self.layout.bipbuf_capacity).ok()
     }
 
+    /// Claims one ring end for exclusive use in this process.
+    pub fn claim_ring(self: &Arc<Self>, peer: PeerId, end: RingEnd) -> io::Result<RingClaim> {
+        let cell = self.ring_ends.get(peer.index()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist in this segment"))
+        })?;
+        // AcqRel: pairs with the release in `RingClaim::drop`.
+        if cell.fetch_or(end.bit(), Ordering::AcqRel) & end.bit() != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{end:?} ring end of peer {peer} is already in use in this process"),
+            ));
+        }
+        Ok(RingClaim { segment: self.clone(), peer, end })
+    }
+
+    /// True if any ring end of `peer` is in use in this process.
+    pub fn has_ring_claims(&self, peer: PeerId) -> bool {
+        self.ring_ends.get(peer.index()).is_some_and(|c| c.load(Ordering::Acquire) != 0)
+    }
+
+    /// Host: frees everything a departed guest left behind and makes its slot
+    /// reusable (spec A2.3, plus the host's own slots in flight to that guest).
+    ///
+    /// Refused while any ring end of `peer` is in use in this process: a host
+    /// link drains the guest's last messages first and calls this when dropped.
+    pub fn recover_crashed_peer(&self, peer: PeerId) -> Result<RecoveryReport, PeerError> {
+        let e = self.entry(peer)?;
+        if self.has_ring_claims(peer) {
+            return Err(PeerError::InUse { peer: peer.get() });
+        }
+        e.set_goodbye();
+        let mut report = RecoveryReport::default();
+        let h2g = self.h2g_bipbuf(peer).expect("peer exists");
+        let g2h = self.g2h_bipbuf(peer).expect("peer exists");
+        // SAFETY: the guest is gone and no ring end of this peer is claimed in
+        // this process, so this temporary consumer is the ring's only user.
+        let mut rx = unsafe { h2g.consumer() };
+        // Each entry is at least 8 bytes; the bound stops a looping hostile ring.
+        for _ in 0..=self.layout.bipbuf_capacity / 8 {
+            let Ok(Some(r)) = rx.try_read() else { break };
+            let Ok((frame, consumed)) = crate::framing::parse_frame(&r) else { break };
+            if let crate::framing::Frame::SlotRef(s) = frame {
+                if self.pool.free(s).is_ok() {
+                    report.drained_slots += 1;
+                }
+            }
+            if rx.release(consumed).is_err() {
+                break;
+            }
+        }
+        h2g.reset();
+        g2h.reset();
+        report.reclaimed_slots =
+            self.pool.reclaim_peer_slots(u32::from(peer.get())) + self.pool.reclaim_peer_slots(owner_host_to(peer));
+        e.reset();
+        Ok(report)
+    }
+
+    /// Host: recovers every guest that said goodbye and that no link of this
+    /// process is serving. Returns how many peer slots were freed.
+    pub fn reclaim_departed_peers(&self) -> usize {
+        let departed: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(id, e)| e.state() == PeerState::Goodbye && !self.has_ring_claims(*id))
+            .map(|(id, _)| id)
+            .collect();
+        departed.into_iter().filter(|id| self.recover_crashed_peer(*id).is_ok()).count()
+    }
+
     /// Host: grows the file and remaps it (spec A1.4). The extra space is not
-    /// used by format v7 peers; this exists for completeness. Needs `&mut`, so
-    /// no link can hold views into the old mapping.
+    /// used by format v7 peers; this exists for completeness. Needs `&mut`
+    /// (so an `Arc<Segment>` shared with links cannot be grown), and no view
+    /// into the old mapping survives.
     pub fn grow_segment(&mut self, new_size: u64) -> io::Result<()> {
         let new_size = usize::try_from(new_size).map_err(|_| io::Error::other("size does not fit in memory"))?;
         self.region.resize(new_size)?;

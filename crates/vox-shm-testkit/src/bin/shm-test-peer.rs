@@ -1,21 +1,40 @@
 //! The other process in cross-process tests.
 //!
+//! Segment-level modes (no link):
 //! ```text
 //! shm-test-peer segment-peer PATH PEER_ID   claim the slot, echo a ring message, fill a slot
 //! shm-test-peer attach-check PATH           attach and report ok / the error
+//! ```
+//! Link modes, started by `vox_shm::spawn_guest` (which appends the guest
+//! arguments):
+//! ```text
+//! shm-test-peer echo                 echo every message until end of stream, then close
+//! shm-test-peer duplex N             send N mixed-size messages while receiving N, all checked
+//! shm-test-peer sink N DELAY_US      receive N messages (checked), sleeping between them
+//! shm-test-peer sink-large N SIZE    receive N messages of SIZE bytes (checked)
+//! shm-test-peer send N               send N mixed-size messages, then close; wait for end of stream
+//! shm-test-peer send-forever SIZE    send numbered messages until killed
+//! shm-test-peer idle                 claim the slot and never receive
+//! shm-test-peer hostile KIND         commit a bad entry (garbage|bad-slot|bad-mmap|huge-len) and wait
 //! ```
 //! Exit codes: 0 success, 2 usage, 3 refused (expected error), 4 check failed.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use vox_shm::{PeerId, Segment};
+use vox_shm::host::GuestArgs;
+use vox_shm::{Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, PeerId, Segment, WaitStrategy, WriteSlot};
+use vox_shm_testkit::{check_large, check_payload, fill_payload, MIXED_SIZES};
+
+type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["segment-peer", path, id] => segment_peer(Path::new(path), id),
-        ["attach-check", path] => {
+        ["segment-peer", path, id, ..] => segment_peer(Path::new(path), id),
+        ["attach-check", path, ..] => {
             return match Segment::attach(Path::new(path)) {
                 Ok(_) => {
                     println!("ok");
@@ -27,8 +46,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => {
-            eprintln!("usage: shm-test-peer segment-peer PATH PEER_ID | attach-check PATH");
+        [mode, ..] => link_mode(mode, &args),
+        [] => {
+            eprintln!("usage: see the source");
             return ExitCode::from(2);
         }
     };
@@ -41,7 +61,166 @@ fn main() -> ExitCode {
     }
 }
 
-type Res = Result<(), Box<dyn std::error::Error>>;
+fn num(args: &[String], i: usize) -> Res<u64> {
+    Ok(args.get(i).ok_or("missing number")?.parse()?)
+}
+
+fn wait_from_env() -> WaitStrategy {
+    match std::env::var("SHM_TEST_WAIT").as_deref() {
+        Ok("park") => WaitStrategy::Park,
+        Ok("busy") => WaitStrategy::BusyPoll,
+        _ => WaitStrategy::default(),
+    }
+}
+
+fn link_mode(mode: &str, args: &[String]) -> Res {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (guest, _rest) = GuestArgs::from_env()?;
+        let options = LinkOptions { wait: wait_from_env(), ..LinkOptions::default() };
+        if mode == "hostile" {
+            return hostile(&guest, args.get(1).map(String::as_str).unwrap_or("garbage")).await;
+        }
+        // SAFETY: the descriptors were inherited for us by spawn_guest and are
+        // adopted once, here at start-up.
+        let (_segment, link) = unsafe { guest.connect(options) }?;
+        let (tx, mut rx) = link.split();
+        match mode {
+            "echo" => {
+                while let Some(m) = rx.recv().await? {
+                    let p = tx.reserve().await?;
+                    let mut s = p.alloc(m.as_bytes().len())?;
+                    s.as_mut_slice().copy_from_slice(m.as_bytes());
+                    s.commit();
+                }
+                tx.close().await?;
+            }
+            "duplex" => {
+                let n = num(args, 1)?;
+                let sender = tokio::spawn(async move {
+                    send_mixed(&tx, n).await?;
+                    Ok::<_, std::io::Error>(tx)
+                });
+                recv_mixed(&mut rx, n, Duration::ZERO).await?;
+                let tx = sender.await??;
+                tx.close().await?;
+                expect_end(&mut rx).await?;
+            }
+            "sink" => {
+                let n = num(args, 1)?;
+                recv_mixed(&mut rx, n, Duration::from_micros(num(args, 2)?)).await?;
+                expect_end(&mut rx).await?;
+            }
+            "sink-large" => {
+                let (n, size) = (num(args, 1)?, num(args, 2)? as usize);
+                for seq in 0..n {
+                    let m = rx.recv().await?.ok_or_else(|| format!("end of stream after {seq} of {n}"))?;
+                    check_large(seq, size, m.as_bytes())?;
+                }
+                println!("received {n}");
+                expect_end(&mut rx).await?;
+            }
+            "send" => {
+                send_mixed(&tx, num(args, 1)?).await?;
+                tx.close().await?;
+                expect_end(&mut rx).await?;
+            }
+            "send-forever" => {
+                let size = num(args, 1)? as usize;
+                for seq in 0.. {
+                    let p = tx.reserve().await?;
+                    let mut s = p.alloc(size)?;
+                    fill_payload(seq, s.as_mut_slice());
+                    s.commit();
+                }
+            }
+            "idle" => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            other => return Err(format!("unknown mode {other}").into()),
+        }
+        Ok(())
+    })
+}
+
+async fn send_mixed(tx: &impl LinkTx, n: u64) -> std::io::Result<()> {
+    for seq in 0..n {
+        let len = MIXED_SIZES[(seq % MIXED_SIZES.len() as u64) as usize];
+        let p = tx.reserve().await?;
+        let mut s = p.alloc(len)?;
+        fill_payload(seq, s.as_mut_slice());
+        s.commit();
+    }
+    Ok(())
+}
+
+async fn recv_mixed(rx: &mut impl LinkRx, n: u64, delay: Duration) -> Res {
+    for seq in 0..n {
+        let m = rx.recv().await?.ok_or_else(|| format!("end of stream after {seq} of {n} messages"))?;
+        let len = MIXED_SIZES[(seq % MIXED_SIZES.len() as u64) as usize];
+        check_payload(seq, len, m.as_bytes())?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    println!("received {n}");
+    Ok(())
+}
+
+async fn expect_end(rx: &mut impl LinkRx) -> Res {
+    match rx.recv().await? {
+        None => Ok(()),
+        Some(m) => Err(format!("expected end of stream, got {} bytes", m.as_bytes().len()).into()),
+    }
+}
+
+/// A guest that breaks the protocol on purpose: it claims its slot and then,
+/// instead of using a link, commits one bad entry into its guest-to-host ring
+/// with a raw producer and rings the doorbell.
+async fn hostile(args: &GuestArgs, kind: &str) -> Res {
+    use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle};
+    use vox_shm::framing;
+    let segment = Arc::new(match &args.hub_path {
+        Some(p) => Segment::attach(p)?,
+        None => return Err("hostile mode needs --hub-path".into()),
+    });
+    let id: PeerId = args.peer_id;
+    segment.peer_entry(id).ok_or("no entry")?.set_guest_features(vox_shm::Features::ALL);
+    segment.claim_peer(id)?;
+    // SAFETY: inherited for us by spawn_guest; adopted once here.
+    let bell = Doorbell::new(DoorbellHandle::from_fd(unsafe {
+        shm_primitives_async::fd::adopt_fd(args.doorbell_fd, Some(libc::SOCK_STREAM))
+    }?))?;
+    let claim = segment.claim_ring(id, vox_shm::segment::RingEnd::GuestTx)?;
+    let mut tx = claim.producer().ok_or("producer")?;
+    let mut entry = [0u8; 32];
+    let n = match kind {
+        "garbage" => {
+            entry[..8].copy_from_slice(&[3, 0, 0, 0, 0xFF, 0, 0, 0]);
+            8
+        }
+        "bad-slot" => framing::write_slot_ref(
+            &mut entry,
+            &vox_shm::SlotRef { class_idx: 200, extent_idx: 0, slot_idx: 7, generation: 1 },
+        ),
+        "bad-mmap" => framing::write_mmap_ref(
+            &mut entry,
+            &framing::MmapRef { map_id: 77, map_generation: 0, map_offset: 0, payload_len: 10 },
+        ),
+        "huge-len" => {
+            entry[..8].copy_from_slice(&[0, 0, 0, 0x40, 0, 0, 0, 0]);
+            8
+        }
+        other => return Err(format!("unknown hostile kind {other}").into()),
+    };
+    tx.try_grant(n)?.ok_or("ring full")?;
+    tx.granted_mut().ok_or("grant")?.copy_from_slice(&entry[..n as usize]);
+    tx.commit(n)?;
+    bell.signal();
+    println!("committed {kind}");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
 
 /// Claims `id`, reads the host's bytes from the H→G ring, answers on the G→H
 /// ring, and leaves a pattern in a slot it allocates.

@@ -1,0 +1,228 @@
+//! A host and real guest processes exchanging messages through a segment.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vox_shm::{Link, LinkOptions, LinkTx, ShmLinkRx, ShmLinkRxError};
+use vox_shm_testkit::check_payload;
+use vox_shm_testkit::harness::{finish, hub, mixed, recv, send, spawn, spawn_opts, LIMIT, SMALL_POOL};
+
+const PEER: &str = env!("CARGO_BIN_EXE_shm-test-peer");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_pong_every_tier_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 64 * 1024, &SMALL_POOL, 2);
+    let (link, child) = spawn(PEER, &hub, &["echo"]);
+    let (tx, mut rx) = link.split();
+    // Host → guest → host: inline, slot, mapping tiers.
+    for (seq, len) in [5usize, 0, 256, 257, 3000, 8188, 8189, 200_000, 1 << 20].into_iter().enumerate() {
+        send(&tx, seq as u64, len).await.unwrap();
+        let m = recv(&mut rx).await.unwrap().unwrap();
+        check_payload(seq as u64, len, m.as_bytes()).unwrap();
+    }
+    let stats = tx.stats();
+    assert!(stats.inline_sends >= 3 && stats.slot_ref_sends >= 2 && stats.mmap_ref_sends >= 3, "{stats:?}");
+    assert!(stats.inline_recvs >= 3 && stats.slot_ref_recvs >= 2 && stats.mmap_ref_recvs >= 3, "{stats:?}");
+    tx.close().await.unwrap();
+    assert!(recv(&mut rx).await.unwrap().is_none(), "the guest closes after our close");
+    finish(child).await;
+
+    // Guest → host, every tier, then the guest closes.
+    let (link, child) = spawn(PEER, &hub, &["send", "40"]);
+    let (tx, mut rx) = link.split();
+    for seq in 0..40 {
+        let m = recv(&mut rx).await.unwrap().expect("message");
+        check_payload(seq, mixed(seq), m.as_bytes()).unwrap();
+    }
+    assert!(recv(&mut rx).await.unwrap().is_none(), "guest closed after 40");
+    let s = rx.stats();
+    assert!(s.inline_recvs > 0 && s.slot_ref_recvs > 0 && s.mmap_ref_recvs > 0, "{s:?}");
+    tx.close().await.unwrap();
+    finish(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_200k_mixed_messages_through_a_4k_ring() {
+    const N: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let (link, child) = spawn(PEER, &hub, &["duplex", &N.to_string()]);
+    let (tx, mut rx) = link.split();
+    let sender = tokio::spawn(async move {
+        for seq in 0..N {
+            send(&tx, seq, mixed(seq)).await.unwrap();
+        }
+        tx
+    });
+    for seq in 0..N {
+        let m = recv(&mut rx).await.unwrap().unwrap_or_else(|| panic!("end of stream at {seq}"));
+        check_payload(seq, mixed(seq), m.as_bytes()).unwrap();
+    }
+    let tx = tokio::time::timeout(LIMIT, sender).await.unwrap().unwrap();
+    let stats = tx.stats();
+    tx.close().await.unwrap();
+    assert!(recv(&mut rx).await.unwrap().is_none());
+    assert!(finish(child).await.contains(&format!("received {N}")));
+    assert!(stats.ring_exhausted > 0, "the 4 KiB ring must have filled: {stats:?}");
+    eprintln!("duplex stats: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_makes_the_sender_wait_and_nothing_is_lost() {
+    const N: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let (link, child) = spawn(PEER, &hub, &["sink", &N.to_string(), "300"]);
+    let (tx, _rx) = link.split();
+    for seq in 0..N {
+        send(&tx, seq, mixed(seq)).await.unwrap();
+    }
+    let stats = tx.stats();
+    tx.close().await.unwrap();
+    assert!(finish(child).await.contains(&format!("received {N}")));
+    assert!(stats.ring_exhausted > 0, "the sender must have waited for ring space: {stats:?}");
+    assert!(stats.varslot_exhausted > 0, "the small pool must have run out: {stats:?}");
+    assert_eq!(stats.slot_fallbacks, stats.varslot_exhausted, "exhaustion falls back, never fails");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_delivers_everything_committed_then_reports_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let (link, mut child) = spawn(PEER, &hub, &["send-forever", "100"]);
+    let (tx, mut rx) = link.split();
+    let mut next = 0u64;
+    while next < 5000 {
+        let m = recv(&mut rx).await.unwrap().unwrap();
+        check_payload(next, 100, m.as_bytes()).unwrap();
+        next += 1;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let end = loop {
+        match recv(&mut rx).await {
+            Ok(Some(m)) => {
+                check_payload(next, 100, m.as_bytes()).unwrap();
+                next += 1;
+            }
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Err(ShmLinkRxError::PeerDead { peer: 1 })), "got {end:?} after {next} messages");
+    assert!(tx.reserve().await.is_err(), "sending to a dead peer fails");
+    drop((tx, rx));
+    // The host recovered the slot: the same peer id is free again, and every
+    // slot the guest held is back in the pool.
+    let seg = hub.segment().clone();
+    for (c, class) in SMALL_POOL.iter().enumerate() {
+        let u = seg.var_pool().class_usage(c).unwrap();
+        assert_eq!(u.free, class.slot_count, "class {c}: {u:?}");
+    }
+    let again = hub.prepare_peer().unwrap();
+    assert_eq!(again.peer_id().get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_blocked_in_reserve_wakes_within_100ms_of_the_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let (link, mut child) = spawn(PEER, &hub, &["idle"]);
+    let (tx, _rx) = link.split();
+    let sent = Arc::new(AtomicU64::new(0));
+    let sent2 = sent.clone();
+    let sender = tokio::spawn(async move {
+        let mut seq = 0;
+        loop {
+            if let Err(e) = send(&tx, seq, 64).await {
+                return (e, tx.stats());
+            }
+            seq += 1;
+            sent2.store(seq, Ordering::Relaxed);
+        }
+    });
+    // Wait until the ring is full and the sender has been stuck for a while.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    assert!(!sender.is_finished());
+    let killed = Instant::now();
+    child.kill().unwrap();
+    let (err, stats) = tokio::time::timeout(Duration::from_secs(10), sender).await.unwrap().unwrap();
+    let woke_after = killed.elapsed();
+    child.wait().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    assert!(stats.reserve_waits > 0, "the sender was parked in reserve: {stats:?}");
+    eprintln!("blocked sender woke {woke_after:?} after SIGKILL");
+    assert!(woke_after < Duration::from_millis(100), "woke after {woke_after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_close_in_either_direction_ends_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    // Host closes: the guest gets 50 messages, then end of stream (it checks).
+    let (link, child) = spawn(PEER, &hub, &["sink", "50", "0"]);
+    let (tx, mut rx) = link.split();
+    for seq in 0..50 {
+        send(&tx, seq, mixed(seq)).await.unwrap();
+    }
+    tx.close().await.unwrap();
+    assert!(finish(child).await.contains("received 50"));
+    assert!(recv(&mut rx).await.unwrap().is_none(), "guest's exit closed its side");
+    // Guest closes: we get 50 messages, then end of stream.
+    let (link, child) = spawn(PEER, &hub, &["send", "50"]);
+    let (tx, mut rx) = link.split();
+    for seq in 0..50 {
+        check_payload(seq, mixed(seq), recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
+    }
+    assert!(recv(&mut rx).await.unwrap().is_none());
+    assert!(recv(&mut rx).await.unwrap().is_none(), "end of stream is sticky");
+    tx.close().await.unwrap();
+    finish(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_guest_fails_only_its_own_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 3);
+    let (good, good_child) = spawn(PEER, &hub, &["echo"]);
+    let (good_tx, mut good_rx) = good.split();
+    let mut seq = 0u64;
+    let mut exchange = async |n: u64, tx: &vox_shm::ShmLinkTx, rx: &mut ShmLinkRx| {
+        for _ in 0..n {
+            send(tx, seq, mixed(seq)).await.unwrap();
+            check_payload(seq, mixed(seq), recv(rx).await.unwrap().unwrap().as_bytes()).unwrap();
+            seq += 1;
+        }
+    };
+    exchange(50, &good_tx, &mut good_rx).await;
+    let opts = LinkOptions { mmap_attach_timeout: Duration::from_millis(300), ..LinkOptions::default() };
+    for (kind, want) in [
+        ("garbage", "CorruptFrame"),
+        ("huge-len", "CorruptFrame"),
+        ("bad-slot", "BadSlotRef"),
+        ("bad-mmap", "MmapResolve"),
+    ] {
+        let (bad, mut bad_child) = spawn_opts(PEER, &hub, &["hostile", kind], opts);
+        let (_bad_tx, mut bad_rx) = bad.split();
+        let err = recv(&mut bad_rx).await.expect_err("a bad entry must be an error");
+        assert!(format!("{err:?}").starts_with(want), "{kind}: got {err:?}");
+        let again = recv(&mut bad_rx).await.expect_err("the failed link stays failed");
+        assert!(matches!(again, ShmLinkRxError::Failed(_)), "{again:?}");
+        // The other guest is unaffected.
+        exchange(50, &good_tx, &mut good_rx).await;
+        bad_child.kill().unwrap();
+        bad_child.wait().unwrap();
+    }
+    good_tx.close().await.unwrap();
+    assert!(recv(&mut good_rx).await.unwrap().is_none());
+    finish(good_child).await;
+}

@@ -1,0 +1,478 @@
+//! Host and guest orchestration: reserving a guest slot, creating its doorbell
+//! and control channel, handing the guest its ends, and building both links.
+//!
+//! Every descriptor is an owned value and close-on-exec. [`spawn_guest`]
+//! makes the guest's ends inheritable *only in the child it spawns* (in a
+//! `pre_exec` hook), then closes the host's copies of them, so the host sees
+//! the guest's death as end-of-file on the doorbell at once and no later child
+//! can keep a dead guest's doorbell open.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use vox_shm::host::{spawn_guest, HostHub};
+//! use vox_shm::{FileCleanup, Segment, SegmentConfig};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let seg = Segment::create(&dir.path().join("hub.shm"), SegmentConfig::default(), FileCleanup::UnlinkOnDrop)
+//!     .map_err(std::io::Error::other)?;
+//! let hub = HostHub::new(Arc::new(seg));
+//! let (link, child) = spawn_guest(&hub, std::process::Command::new("my-guest"))?;
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use shm_primitives::peer::Side;
+use shm_primitives::{Features, PeerId};
+use shm_primitives_async::control::{self, MMAP_CONTROL_ARG_NAME};
+use shm_primitives_async::doorbell::{self, DoorbellHandle};
+use shm_primitives_async::fd;
+
+use crate::segment::Segment;
+use crate::shm_link::{LinkOptions, ShmLink};
+
+/// Argument naming the segment file (0.3.1 guests attach by path).
+pub const HUB_PATH_ARG: &str = "--hub-path";
+/// Argument naming an inherited segment descriptor (ours; lets guests attach to
+/// segments that have no path).
+pub const SEGMENT_FD_ARG: &str = "--segment-fd";
+/// Argument naming the guest's peer id.
+pub const PEER_ID_ARG: &str = "--peer-id";
+/// Environment variable naming the guest's inherited mapping-send descriptor.
+pub const MMAP_TX_FD_ENV: &str = "SHM_MMAP_TX_FD";
+
+/// Creates guest slots on a segment.
+#[derive(Debug, Clone)]
+pub struct HostHub {
+    segment: Arc<Segment>,
+}
+
+impl HostHub {
+    /// A hub over a segment this process created.
+    pub fn new(segment: Arc<Segment>) -> Self {
+        HostHub { segment }
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.segment
+    }
+
+    /// Reserves a guest slot and creates the descriptors for it. Slots of
+    /// guests that left and are no longer served are recovered first.
+    pub fn prepare_peer(&self) -> io::Result<PreparedPeer> {
+        self.segment.reclaim_departed_peers();
+        let peer_id = self
+            .segment
+            .reserve_peer()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::ResourceBusy, "no free SHM peer slots"))?;
+        let made = (|| {
+            let (host_bell, guest_bell) = doorbell::create_pair()?;
+            let (host_ctl, guest_ctl) = control::create_pair()?;
+            let host_ctl_rx = host_ctl.try_clone()?;
+            let guest_ctl_tx = guest_ctl.try_clone()?;
+            Ok::<_, io::Error>((host_bell, guest_bell, host_ctl, guest_ctl, host_ctl_rx, guest_ctl_tx))
+        })();
+        let (host_bell, guest_bell, host_ctl, guest_ctl, host_ctl_rx, guest_ctl_tx) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.segment.release_reserved_peer(peer_id);
+                return Err(e);
+            }
+        };
+        Ok(PreparedPeer {
+            host: HostPeer { segment: self.segment.clone(), peer_id, parts: Some((host_bell, host_ctl, host_ctl_rx)) },
+            ticket: GuestSpawnTicket { peer_id, doorbell: guest_bell, mmap_rx: guest_ctl, mmap_tx_fd: guest_ctl_tx },
+        })
+    }
+}
+
+/// A reserved slot: the host's half and the guest's ticket.
+#[derive(Debug)]
+pub struct PreparedPeer {
+    host: HostPeer,
+    ticket: GuestSpawnTicket,
+}
+
+impl PreparedPeer {
+    /// The guest's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.host.peer_id
+    }
+
+    /// Splits into the host's half and the guest's ticket.
+    pub fn into_parts(self) -> (HostPeer, GuestSpawnTicket) {
+        (self.host, self.ticket)
+    }
+}
+
+/// The host's half of a reserved slot. Dropping it unused gives the
+/// reservation back.
+#[derive(Debug)]
+pub struct HostPeer {
+    segment: Arc<Segment>,
+    peer_id: PeerId,
+    parts: Option<(DoorbellHandle, OwnedFd, OwnedFd)>,
+}
+
+impl HostPeer {
+    /// The guest's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Builds the host's link (inside a tokio runtime).
+    pub fn into_link(self) -> io::Result<ShmLink> {
+        self.into_link_with(LinkOptions::default())
+    }
+
+    /// Builds the host's link with options.
+    pub fn into_link_with(mut self, options: LinkOptions) -> io::Result<ShmLink> {
+        let (bell, ctl_tx, ctl_rx) = self.parts.take().expect("parts are taken once");
+        ShmLink::new(Side::Host, self.segment.clone(), self.peer_id, bell, ctl_tx, ctl_rx, options)
+    }
+
+    /// Gives the reservation back (the guest will not come).
+    pub fn release_reservation(self) {
+        // Drop does it.
+    }
+}
+
+impl Drop for HostPeer {
+    fn drop(&mut self) {
+        if self.parts.is_some() {
+            let _ = self.segment.release_reserved_peer(self.peer_id);
+        }
+    }
+}
+
+/// What a guest needs: its peer id and its ends of the doorbell and control
+/// channel. Owns its descriptors; dropping it closes them.
+#[derive(Debug)]
+pub struct GuestSpawnTicket {
+    /// The reserved peer id.
+    pub peer_id: PeerId,
+    /// The guest's doorbell end.
+    pub doorbell: DoorbellHandle,
+    /// The guest's control-channel end (receives the host's announcements).
+    pub mmap_rx: OwnedFd,
+    /// A duplicate of `mmap_rx`, for sending (the channel is bidirectional).
+    pub mmap_tx_fd: OwnedFd,
+}
+
+impl GuestSpawnTicket {
+    /// Decimal descriptor number of the doorbell end.
+    pub fn doorbell_arg(&self) -> String {
+        self.doorbell.to_arg()
+    }
+    /// Decimal descriptor number of the control end.
+    pub fn mmap_rx_arg(&self) -> String {
+        self.mmap_rx.as_raw_fd().to_string()
+    }
+    /// Decimal descriptor number of the sending duplicate.
+    pub fn mmap_tx_arg(&self) -> String {
+        self.mmap_tx_fd.as_raw_fd().to_string()
+    }
+}
+
+/// Reserves a slot, starts `cmd` as its guest and returns the host's link and
+/// the child.
+///
+/// The child receives `--hub-path=PATH` (if the segment has one),
+/// `--segment-fd=N`, `--peer-id=N`, `--doorbell-fd=N`, `--mmap-control-fd=N`
+/// and `SHM_MMAP_TX_FD=N` — the arguments of vox-shm 0.3.1 guests plus the
+/// segment descriptor. Only this child inherits those descriptors. The guest
+/// side turns them into a link with [`GuestArgs`].
+pub fn spawn_guest(hub: &HostHub, cmd: Command) -> io::Result<(ShmLink, Child)> {
+    spawn_guest_with(hub, cmd, LinkOptions::default())
+}
+
+/// [`spawn_guest`] with link options for the host's end.
+pub fn spawn_guest_with(hub: &HostHub, mut cmd: Command, options: LinkOptions) -> io::Result<(ShmLink, Child)> {
+    let (host, ticket) = hub.prepare_peer()?.into_parts();
+    let segment_fd = hub.segment().try_clone_fd()?;
+    if let Some(path) = hub.segment().path() {
+        cmd.arg(format!("{HUB_PATH_ARG}={}", path.display()));
+    }
+    cmd.arg(format!("{SEGMENT_FD_ARG}={}", segment_fd.as_raw_fd()))
+        .arg(format!("{PEER_ID_ARG}={}", ticket.peer_id.get()))
+        .arg(format!("{}={}", DoorbellHandle::ARG_NAME, ticket.doorbell_arg()))
+        .arg(format!("{MMAP_CONTROL_ARG_NAME}={}", ticket.mmap_rx_arg()))
+        .env(MMAP_TX_FD_ENV, ticket.mmap_tx_arg());
+    let inherit: [RawFd; 4] = [
+        segment_fd.as_raw_fd(),
+        ticket.doorbell.as_raw_fd(),
+        ticket.mmap_rx.as_raw_fd(),
+        ticket.mmap_tx_fd.as_raw_fd(),
+    ];
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // `fcntl` (async-signal-safe, no allocation) on descriptor numbers that are
+    // open in the parent at fork time (the ticket and `segment_fd` outlive
+    // `spawn`). Clearing close-on-exec there affects only this child.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in inherit {
+                fd::clear_cloexec_raw(fd)?;
+            }
+            Ok(())
+        });
+    }
+    let link = host.into_link_with(options)?;
+    let child = cmd.spawn()?;
+    // The parent's copies of the guest's ends close here.
+    drop((ticket, segment_fd));
+    Ok((link, child))
+}
+
+/// Extension words a guest publishes before claiming its slot (spec C0/C3).
+fn publish_guest_words(segment: &Segment, peer: PeerId, features: Features) -> io::Result<()> {
+    let e = segment
+        .peer_entry(peer)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist")))?;
+    e.set_guest_features(features);
+    if features.contains(Features::LIVENESS) {
+        e.set_guest_pid(std::process::id());
+    }
+    Ok(())
+}
+
+/// Builds a guest's link from its ticket. With `claim_reserved` the guest
+/// first claims the slot the host reserved (features published before the
+/// claim, as spec C0 asks).
+pub fn guest_link_from_ticket(
+    segment: Arc<Segment>,
+    ticket: GuestSpawnTicket,
+    claim_reserved: bool,
+) -> io::Result<ShmLink> {
+    guest_link_from_parts(
+        segment,
+        ticket.peer_id,
+        ticket.doorbell,
+        ticket.mmap_tx_fd,
+        ticket.mmap_rx,
+        claim_reserved,
+        LinkOptions::default(),
+    )
+}
+
+fn guest_link_from_parts(
+    segment: Arc<Segment>,
+    peer: PeerId,
+    bell: DoorbellHandle,
+    ctl_tx: OwnedFd,
+    ctl_rx: OwnedFd,
+    claim_reserved: bool,
+    options: LinkOptions,
+) -> io::Result<ShmLink> {
+    if claim_reserved {
+        publish_guest_words(&segment, peer, options.features)?;
+        segment.claim_peer(peer).map_err(|e| io::Error::other(format!("failed to claim reserved peer: {e}")))?;
+    }
+    ShmLink::new(Side::Guest, segment, peer, bell, ctl_tx, ctl_rx, options)
+}
+
+/// Builds a guest's link from inherited descriptor numbers (vox-shm 0.3.1's
+/// entry point).
+///
+/// # Safety
+/// The three descriptors must be open, inherited for this link, and owned by
+/// nothing else in the process; the link takes ownership.
+pub unsafe fn guest_link_from_raw(
+    segment: Arc<Segment>,
+    peer_id: PeerId,
+    doorbell_fd: RawFd,
+    mmap_rx_fd: RawFd,
+    mmap_tx_fd: RawFd,
+    claim_reserved: bool,
+) -> io::Result<ShmLink> {
+    // SAFETY: forwarded to the caller's contract.
+    let (bell, rx, tx) = unsafe {
+        (
+            DoorbellHandle::from_fd(fd::adopt_fd(doorbell_fd, Some(libc::SOCK_STREAM))?),
+            fd::adopt_fd(mmap_rx_fd, Some(libc::SOCK_DGRAM))?,
+            fd::adopt_fd(mmap_tx_fd, Some(libc::SOCK_DGRAM))?,
+        )
+    };
+    guest_link_from_parts(segment, peer_id, bell, tx, rx, claim_reserved, LinkOptions::default())
+}
+
+/// A guest's command-line arguments, as [`spawn_guest`] passes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestArgs {
+    /// `--hub-path`.
+    pub hub_path: Option<PathBuf>,
+    /// `--segment-fd`.
+    pub segment_fd: Option<RawFd>,
+    /// `--peer-id`.
+    pub peer_id: PeerId,
+    /// `--doorbell-fd`.
+    pub doorbell_fd: RawFd,
+    /// `--mmap-control-fd`.
+    pub mmap_control_fd: RawFd,
+    /// `SHM_MMAP_TX_FD` (otherwise the control descriptor is duplicated).
+    pub mmap_tx_fd: Option<RawFd>,
+}
+
+static GUEST_ARGS_ADOPTED: AtomicBool = AtomicBool::new(false);
+
+fn bad_arg(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl GuestArgs {
+    /// Picks the guest arguments out of `args` (`--name=value` or `--name
+    /// value`); returns them and the arguments that are not ours.
+    pub fn parse<I: IntoIterator<Item = String>>(
+        args: I,
+        mmap_tx_env: Option<String>,
+    ) -> io::Result<(GuestArgs, Vec<String>)> {
+        let mut rest = Vec::new();
+        let (mut hub, mut seg, mut peer, mut bell, mut ctl) = (None, None, None, None, None);
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            let (name, inline_value) = match a.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (a.clone(), None),
+            };
+            let known = [HUB_PATH_ARG, SEGMENT_FD_ARG, PEER_ID_ARG, DoorbellHandle::ARG_NAME, MMAP_CONTROL_ARG_NAME];
+            if !known.contains(&name.as_str()) {
+                rest.push(a);
+                continue;
+            }
+            let value = match inline_value {
+                Some(v) => v,
+                None => it.next().ok_or_else(|| bad_arg(format!("{name} needs a value")))?,
+            };
+            match name.as_str() {
+                HUB_PATH_ARG => hub = Some(PathBuf::from(value)),
+                SEGMENT_FD_ARG => seg = Some(fd::parse_fd_arg(&value)?),
+                PEER_ID_ARG => {
+                    let n: u8 = value.parse().map_err(|_| bad_arg(format!("bad peer id {value:?}")))?;
+                    peer = Some(PeerId::new(n).ok_or_else(|| bad_arg("peer id must be 1..=255".into()))?);
+                }
+                n if n == DoorbellHandle::ARG_NAME => bell = Some(fd::parse_fd_arg(&value)?),
+                _ => ctl = Some(fd::parse_fd_arg(&value)?),
+            }
+        }
+        if hub.is_none() && seg.is_none() {
+            return Err(bad_arg(format!("missing {HUB_PATH_ARG} or {SEGMENT_FD_ARG}")));
+        }
+        let args = GuestArgs {
+            hub_path: hub,
+            segment_fd: seg,
+            peer_id: peer.ok_or_else(|| bad_arg(format!("missing {PEER_ID_ARG}")))?,
+            doorbell_fd: bell.ok_or_else(|| bad_arg(format!("missing {}", DoorbellHandle::ARG_NAME)))?,
+            mmap_control_fd: ctl.ok_or_else(|| bad_arg(format!("missing {MMAP_CONTROL_ARG_NAME}")))?,
+            mmap_tx_fd: mmap_tx_env.map(|v| fd::parse_fd_arg(&v)).transpose()?,
+        };
+        Ok((args, rest))
+    }
+
+    /// Parses this process's own arguments and environment.
+    pub fn from_env() -> io::Result<(GuestArgs, Vec<String>)> {
+        Self::parse(std::env::args().skip(1), std::env::var(MMAP_TX_FD_ENV).ok())
+    }
+
+    /// Attaches the segment, claims the slot and builds the guest's link.
+    /// Succeeds at most once per process (the inherited descriptors can only
+    /// be adopted once). Must run inside a tokio runtime.
+    ///
+    /// # Safety
+    /// The descriptor numbers must name descriptors inherited for this guest
+    /// that nothing else in the process owns (true for the arguments
+    /// [`spawn_guest`] passes, read at start-up).
+    pub unsafe fn connect(&self, options: LinkOptions) -> io::Result<(Arc<Segment>, ShmLink)> {
+        if GUEST_ARGS_ADOPTED.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::other("guest descriptors were already adopted by this process"));
+        }
+        let segment = match (self.segment_fd, &self.hub_path) {
+            // SAFETY: the caller's contract: inherited for us, owned by nothing else.
+            (Some(n), _) => Segment::attach_fd(unsafe { fd::adopt_fd(n, None) }?),
+            (None, Some(p)) => Segment::attach(p),
+            (None, None) => unreachable!("parse requires one"),
+        }
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let segment = Arc::new(segment);
+        // SAFETY: as above.
+        let bell = DoorbellHandle::from_fd(unsafe { fd::adopt_fd(self.doorbell_fd, Some(libc::SOCK_STREAM)) }?);
+        // SAFETY: as above.
+        let rx = unsafe { fd::adopt_fd(self.mmap_control_fd, Some(libc::SOCK_DGRAM)) }?;
+        let tx = match self.mmap_tx_fd {
+            // SAFETY: as above.
+            Some(n) => unsafe { fd::adopt_fd(n, Some(libc::SOCK_DGRAM)) }?,
+            // The channel is bidirectional: a duplicate of the receiving end
+            // sends (spec B10), no inherited descriptor needed.
+            None => rx.as_fd().try_clone_to_owned()?,
+        };
+        let link = guest_link_from_parts(segment.clone(), self.peer_id, bell, tx, rx, true, options)?;
+        Ok((segment, link))
+    }
+}
+
+/// Options for [`ShmHost::add_peer`] (none yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddPeerOptions;
+
+/// A host serving many guests on one segment.
+#[derive(Debug, Clone)]
+pub struct ShmHost {
+    hub: HostHub,
+}
+
+/// vox-shm 0.3.1's name for [`ShmHost`].
+pub type MultiPeerHostDriver = ShmHost;
+
+impl ShmHost {
+    /// A host over a segment this process created.
+    pub fn new(segment: Arc<Segment>) -> Self {
+        ShmHost { hub: HostHub::new(segment) }
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Arc<Segment> {
+        self.hub.segment()
+    }
+
+    /// Reserves a slot for a new guest.
+    pub fn add_peer(&self, _opts: AddPeerOptions) -> io::Result<PreparedPeer> {
+        self.hub.prepare_peer()
+    }
+
+    /// Spawns `cmd` as a new guest (see [`spawn_guest`]).
+    pub fn spawn_guest(&self, cmd: Command) -> io::Result<(ShmLink, Child)> {
+        spawn_guest(&self.hub, cmd)
+    }
+}
+
+/// A host link and a guest link over real descriptors, in this process (for
+/// tests and examples). Must run inside a tokio runtime.
+pub async fn create_test_link_pair(segment: Arc<Segment>) -> io::Result<(ShmLink, ShmLink)> {
+    create_test_link_pair_with(segment, LinkOptions::default(), LinkOptions::default()).await
+}
+
+/// [`create_test_link_pair`] with options for each end.
+pub async fn create_test_link_pair_with(
+    segment: Arc<Segment>,
+    host: LinkOptions,
+    guest: LinkOptions,
+) -> io::Result<(ShmLink, ShmLink)> {
+    let (host_peer, ticket) = HostHub::new(segment.clone()).prepare_peer()?.into_parts();
+    let host_link = host_peer.into_link_with(host)?;
+    let guest_link = guest_link_from_parts(
+        segment,
+        ticket.peer_id,
+        ticket.doorbell,
+        ticket.mmap_tx_fd,
+        ticket.mmap_rx,
+        true,
+        guest,
+    )?;
+    Ok((host_link, guest_link))
+}

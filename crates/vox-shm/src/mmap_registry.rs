@@ -1,0 +1,505 @@
+//! The mapping tier (spec A6, B2, B9, C4): payloads too large for a slot live
+//! in separately mapped regions whose descriptors travel over the control
+//! channel.
+//!
+//! Sender side, [`MmapRegistry`]: regions are anonymous memory files (sealed
+//! `memfd`s on Linux). Each reserves its first 64 bytes for a header whose
+//! first word counts payload bytes the receiver has released (extension C4);
+//! payloads start at offset 64, 64-byte aligned. When the peer supports C4 a
+//! region whose every payload was released is reused from the start, so a
+//! steady stream of large messages cycles through a few regions whose pages
+//! stay mapped. A region id that is given a new file bumps its generation.
+//!
+//! Receiver side, [`MmapAttachments`]: every announced region is checked (a
+//! regular file, at least as long as announced, sealed against shrinking when
+//! the peer is one of ours) before it is mapped, and the number and size of
+//! live mappings are bounded.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shm_primitives::mmap::{is_sealed_against_shrinking, Mapping, MmapRegion};
+use shm_primitives_async::control::{ControlError, MmapAttachMessage, MmapControlReceiver, MmapControlSender};
+
+use crate::framing::MmapRef;
+
+/// Bytes at the start of every region we create (the C4 header).
+pub const REGION_HEADER_SIZE: u64 = 64;
+/// Default region size.
+pub const DEFAULT_REGION_SIZE: usize = 1 << 20;
+/// Default bound on the bytes of regions one sending side keeps.
+pub const DEFAULT_MAPPING_BUDGET: u64 = 64 << 20;
+/// Most mappings a receiver keeps for one link.
+pub const MAX_ATTACHED_MAPPINGS: usize = 4096;
+/// Most bytes of mappings a receiver keeps for one link.
+pub const MAX_ATTACHED_BYTES: u64 = 64 << 30;
+
+fn released_counter(region: &Mapping) -> &AtomicU64 {
+    let p = region.region().typed::<AtomicU64>(0).expect("regions are at least 64 bytes");
+    // SAFETY: offset 0 of a live, page-aligned mapping of at least 64 bytes;
+    // any bit pattern is a valid AtomicU64; the borrow is tied to `region`.
+    unsafe { p.as_ref() }
+}
+
+struct Region {
+    map_id: u32,
+    generation: u32,
+    mmap: Mapping,
+    cursor: u64,
+    handed_out: u64,
+    in_flight: u32,
+}
+
+impl Region {
+    fn size(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// Every payload committed from this region has been released.
+    fn drained(&self) -> bool {
+        // Acquire: pairs with the receiver's Release add in `MmapBacking::drop`,
+        // so its reads of the payloads are done before we overwrite them.
+        self.in_flight == 0 && released_counter(&self.mmap).load(Ordering::Acquire) >= self.handed_out
+    }
+}
+
+/// Space for one payload in a mapping region.
+#[derive(Debug)]
+pub struct MmapAllocation {
+    index: usize,
+    /// The reference to put in the frame.
+    pub mmap_ref: MmapRef,
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: the allocation is an address range inside a region the registry keeps
+// mapped until the allocation is committed or cancelled.
+unsafe impl Send for MmapAllocation {}
+
+impl MmapAllocation {
+    /// The payload bytes.
+    ///
+    /// The registry that made this allocation must still be alive.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr..ptr+len` lies inside a region the registry keeps mapped
+        // while the allocation is outstanding; nobody else writes it (the
+        // receiver only reads after the frame is committed).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.mmap_ref.payload_len as usize) }
+    }
+}
+
+/// Counters of the sending side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Regions created (each announced once on the control channel).
+    pub regions_created: u64,
+    /// Times a drained region was reused from the start.
+    pub regions_reused: u64,
+    /// Regions whose id was given a new file (generation bumped).
+    pub regions_retired: u64,
+    /// Bytes of regions alive now.
+    pub bytes_mapped: u64,
+}
+
+/// The sending side's regions for one link direction.
+pub struct MmapRegistry {
+    regions: Vec<Region>,
+    control: MmapControlSender,
+    region_size: usize,
+    budget: u64,
+    reuse: bool,
+    stats: RegistryStats,
+}
+
+impl std::fmt::Debug for MmapRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmapRegistry").field("regions", &self.regions.len()).field("stats", &self.stats).finish()
+    }
+}
+
+fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+impl MmapRegistry {
+    /// A registry announcing regions on `control`. The budget is raised to
+    /// at least two regions of `max_payload` so the largest payload always fits.
+    pub fn new(control: MmapControlSender, region_size: usize, budget: u64, max_payload: u32) -> Self {
+        control.set_send_buffer(1 << 20);
+        let region_size = region_size.max(4096);
+        let largest = round_up(REGION_HEADER_SIZE + u64::from(max_payload), 4096).max(region_size as u64);
+        let budget = budget.max(2 * largest);
+        MmapRegistry {
+            regions: Vec::new(),
+            control,
+            region_size,
+            budget,
+            reuse: false,
+            stats: RegistryStats::default(),
+        }
+    }
+
+    fn region_size_for(&self, need: u64) -> u64 {
+        round_up(REGION_HEADER_SIZE + need, 4096).max(self.region_size as u64)
+    }
+
+    /// Whether `alloc(len)` would succeed now without exceeding the budget.
+    /// `reserve` waits on this when the peer reports releases (C4).
+    pub fn can_alloc(&self, len: u32) -> bool {
+        let need = u64::from(len);
+        self.stats.bytes_mapped + self.region_size_for(need) <= self.budget
+            || self.regions.iter().any(|r| r.cursor + need <= r.size() || (self.reuse && r.drained()))
+    }
+
+    /// Turns region reuse on (the peer counts released bytes, extension C4).
+    pub fn enable_reuse(&mut self) {
+        self.reuse = true;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RegistryStats {
+        self.stats
+    }
+
+    /// Allocates `len` bytes. A new region is announced on the control channel
+    /// before this returns, so the datagram precedes the frame.
+    pub fn alloc(&mut self, len: u32) -> io::Result<MmapAllocation> {
+        let need = u64::from(len);
+        let index = match self.find_room(need) {
+            Some(i) => i,
+            None => self.add_region(need)?,
+        };
+        let r = &mut self.regions[index];
+        let offset = r.cursor;
+        r.cursor = round_up(offset + need, 64);
+        r.in_flight += 1;
+        let ptr = r.mmap.region().range(offset, need).expect("room was checked");
+        Ok(MmapAllocation {
+            index,
+            mmap_ref: MmapRef { map_id: r.map_id, map_generation: r.generation, map_offset: offset, payload_len: len },
+            ptr,
+        })
+    }
+
+    fn find_room(&mut self, need: u64) -> Option<usize> {
+        for (i, r) in self.regions.iter_mut().enumerate() {
+            if r.cursor + need <= r.size() {
+                return Some(i);
+            }
+            if self.reuse && r.cursor > REGION_HEADER_SIZE && REGION_HEADER_SIZE + need <= r.size() && r.drained() {
+                r.cursor = REGION_HEADER_SIZE;
+                self.stats.regions_reused += 1;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn add_region(&mut self, need: u64) -> io::Result<usize> {
+        let size = self.region_size_for(need);
+        let size_usize =
+            usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too large"))?;
+        // Over budget: give a drained region's id a new, fitting file.
+        let mut slot = None;
+        if self.stats.bytes_mapped + size > self.budget {
+            slot = self.regions.iter().position(|r| self.reuse && r.drained());
+            if slot.is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "mapping budget of {} bytes is used up by payloads the receiver has not released",
+                        self.budget
+                    ),
+                ));
+            }
+        }
+        let mmap = MmapRegion::create_anonymous("vox-shm-payload", size_usize)?;
+        let (map_id, generation) = match slot {
+            Some(i) => (self.regions[i].map_id, self.regions[i].generation.wrapping_add(1)),
+            None => (u32::try_from(self.regions.len()).map_err(|_| io::Error::other("too many regions"))?, 0),
+        };
+        let msg = MmapAttachMessage { map_id, map_generation: generation, mapping_length: size };
+        self.control.try_send(mmap.as_fd(), &msg)?;
+        // The receiver has its own descriptor now; ours is not needed to keep
+        // the mapping, so a registry holds no descriptor per region.
+        let mmap = mmap.into_mapping();
+        let region = Region { map_id, generation, mmap, cursor: REGION_HEADER_SIZE, handed_out: 0, in_flight: 0 };
+        self.stats.regions_created += 1;
+        self.stats.bytes_mapped += size;
+        Ok(match slot {
+            Some(i) => {
+                self.stats.regions_retired += 1;
+                self.stats.bytes_mapped -= self.regions[i].size();
+                self.regions[i] = region;
+                i
+            }
+            None => {
+                self.regions.push(region);
+                self.regions.len() - 1
+            }
+        })
+    }
+
+    /// The frame for `a` is about to be committed.
+    pub fn commit(&mut self, a: MmapAllocation) {
+        let r = &mut self.regions[a.index];
+        r.in_flight -= 1;
+        r.handed_out += u64::from(a.mmap_ref.payload_len);
+    }
+
+    /// The allocation will not be sent.
+    pub fn cancel(&mut self, a: MmapAllocation) {
+        self.regions[a.index].in_flight -= 1;
+    }
+}
+
+/// Why a mapping reference could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MmapResolveError {
+    /// The control channel failed; no mapping can be resolved any more.
+    #[error("mapping control channel failed: {message}")]
+    ControlChannelFailure {
+        /// What went wrong.
+        message: String,
+    },
+    /// No region with this id and generation was announced in time.
+    #[error("mapping {map_id} generation {map_generation} was not announced within {waited:?}")]
+    UnknownMapping {
+        /// Region id.
+        map_id: u32,
+        /// Region generation.
+        map_generation: u32,
+        /// How long we waited for the announcement.
+        waited: Duration,
+    },
+    /// The payload lies outside the region.
+    #[error("payload {map_offset}+{payload_len} is outside mapping {map_id} of {mapping_length} bytes")]
+    OutOfBounds {
+        /// Region id.
+        map_id: u32,
+        /// Payload offset.
+        map_offset: u64,
+        /// Payload length.
+        payload_len: u32,
+        /// Region length.
+        mapping_length: u64,
+    },
+    /// An announced region was refused.
+    #[error("announced region {map_id} refused: {reason}")]
+    BadRegion {
+        /// Region id.
+        map_id: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A region mapped on the receiving side.
+#[derive(Debug)]
+pub struct AttachedMapping {
+    region: Mapping,
+    /// Region id.
+    pub map_id: u32,
+    /// Region generation.
+    pub map_generation: u32,
+}
+
+impl AttachedMapping {
+    /// Bytes mapped.
+    pub fn mapping_length(&self) -> u64 {
+        self.region.len() as u64
+    }
+
+    /// The payload bytes at `[offset, offset + len)` (checked by `resolve`).
+    fn bytes(&self, offset: u64, len: u32) -> &[u8] {
+        let p = self.region.region().range(offset, u64::from(len)).expect("bounds checked in resolve");
+        // SAFETY: in bounds of a mapping that lives as long as `self`. The
+        // sender does not write a payload after committing it (a hostile sender
+        // could, changing the bytes we read, but not their location or size).
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), len as usize) }
+    }
+
+    /// Counts `len` released bytes in the region header (extension C4).
+    fn release(&self, len: u32) {
+        if self.region.len() as u64 >= REGION_HEADER_SIZE {
+            // Release: our reads of the payload happen-before the sender's
+            // Acquire load that lets it overwrite the bytes.
+            released_counter(&self.region).fetch_add(u64::from(len), Ordering::Release);
+        }
+    }
+}
+
+/// A received mapping-tier payload: zero-copy, keeps its region mapped.
+pub struct MmapBacking {
+    mapping: Arc<AttachedMapping>,
+    offset: u64,
+    len: u32,
+    count_release: bool,
+    on_release: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl MmapBacking {
+    /// Runs `f` after each release is counted (to wake a sender waiting for
+    /// mapping space).
+    pub fn on_release(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_release = Some(Box::new(f));
+        self
+    }
+}
+
+impl crate::link::SharedBacking for MmapBacking {
+    fn as_bytes(&self) -> &[u8] {
+        self.mapping.bytes(self.offset, self.len)
+    }
+}
+
+impl Drop for MmapBacking {
+    fn drop(&mut self) {
+        if self.count_release {
+            self.mapping.release(self.len);
+            if let Some(f) = &self.on_release {
+                f();
+            }
+        }
+    }
+}
+
+/// The receiving side's mapped regions for one link direction.
+#[derive(Debug)]
+pub struct MmapAttachments {
+    control: MmapControlReceiver,
+    maps: HashMap<u32, Arc<AttachedMapping>>,
+    bytes: u64,
+    failed: Option<String>,
+    require_sealed: bool,
+}
+
+impl MmapAttachments {
+    /// Receives announcements on `control`. With `require_sealed`, regions
+    /// must be memfds sealed against shrinking (our own peers always send
+    /// those; a file that can be truncated under our mapping would turn our
+    /// next read into `SIGBUS`).
+    pub fn new(control: MmapControlReceiver, require_sealed: bool) -> Self {
+        MmapAttachments { control, maps: HashMap::new(), bytes: 0, failed: None, require_sealed }
+    }
+
+    /// Sets whether announced regions must be sealed against shrinking.
+    pub fn set_require_sealed(&mut self, on: bool) {
+        self.require_sealed = on;
+    }
+
+    /// Number of regions mapped now.
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// True if nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    fn fail(&mut self, e: &ControlError) -> MmapResolveError {
+        let message = e.to_string();
+        self.failed = Some(message.clone());
+        MmapResolveError::ControlChannelFailure { message }
+    }
+
+    fn insert(&mut self, msg: MmapAttachMessage, fd: OwnedFd) -> Result<(), MmapResolveError> {
+        let bad = |reason: String| MmapResolveError::BadRegion { map_id: msg.map_id, reason };
+        if let Some(old) = self.maps.get(&msg.map_id) {
+            if old.map_generation == msg.map_generation {
+                return Ok(()); // announced twice: keep the first, close this fd
+            }
+        }
+        if self.require_sealed && !is_sealed_against_shrinking(fd.as_fd()) {
+            return Err(bad("not sealed against shrinking".into()));
+        }
+        let len = usize::try_from(msg.mapping_length).map_err(|_| bad("length does not fit in memory".into()))?;
+        let replaced = self.maps.get(&msg.map_id).map_or(0, |m| m.mapping_length());
+        if self.maps.len() >= MAX_ATTACHED_MAPPINGS && replaced == 0 {
+            return Err(bad(format!("more than {MAX_ATTACHED_MAPPINGS} regions")));
+        }
+        if self.bytes - replaced + msg.mapping_length > MAX_ATTACHED_BYTES {
+            return Err(bad(format!("more than {MAX_ATTACHED_BYTES} bytes of regions")));
+        }
+        let region = MmapRegion::attach_fd_with_len(fd, len).map_err(|e| bad(e.to_string()))?.into_mapping();
+        self.bytes = self.bytes - replaced + msg.mapping_length;
+        // A new generation replaces the old mapping here; payloads already
+        // delivered from it keep it alive through their own `Arc`.
+        self.maps.insert(
+            msg.map_id,
+            Arc::new(AttachedMapping { region, map_id: msg.map_id, map_generation: msg.map_generation }),
+        );
+        Ok(())
+    }
+
+    /// Maps every announcement waiting on the channel.
+    pub fn drain_control(&mut self) -> Result<(), MmapResolveError> {
+        if let Some(message) = &self.failed {
+            return Err(MmapResolveError::ControlChannelFailure { message: message.clone() });
+        }
+        loop {
+            match self.control.try_recv() {
+                Ok(Some((msg, fd))) => self.insert(msg, fd)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.fail(&e)),
+            }
+        }
+    }
+
+    /// Resolves a reference against what is mapped: `Ok(None)` if its region
+    /// has not been announced (yet).
+    pub fn resolve(&mut self, m: &MmapRef, count_release: bool) -> Result<Option<MmapBacking>, MmapResolveError> {
+        self.drain_control()?;
+        let Some(mapping) = self.maps.get(&m.map_id) else { return Ok(None) };
+        if mapping.map_generation != m.map_generation {
+            return Ok(None);
+        }
+        let mapping_length = mapping.mapping_length();
+        let in_bounds = m.map_offset.checked_add(u64::from(m.payload_len)).is_some_and(|end| end <= mapping_length);
+        if !in_bounds {
+            return Err(MmapResolveError::OutOfBounds {
+                map_id: m.map_id,
+                map_offset: m.map_offset,
+                payload_len: m.payload_len,
+                mapping_length,
+            });
+        }
+        Ok(Some(MmapBacking {
+            mapping: mapping.clone(),
+            offset: m.map_offset,
+            len: m.payload_len,
+            count_release,
+            on_release: None,
+        }))
+    }
+
+    /// Waits (asynchronously, at most `limit`) for the region of `m` to be
+    /// announced. The frame stays in the ring meanwhile, so a cancelled wait
+    /// loses nothing.
+    pub async fn wait_for(&mut self, m: &MmapRef, limit: Duration) -> Result<(), MmapResolveError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.drain_control()?;
+            if self.maps.get(&m.map_id).is_some_and(|x| x.map_generation == m.map_generation) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, self.control.recv()).await {
+                Ok(Ok((msg, fd))) => self.insert(msg, fd)?,
+                Ok(Err(e)) => return Err(self.fail(&e)),
+                Err(_) => {
+                    return Err(MmapResolveError::UnknownMapping {
+                        map_id: m.map_id,
+                        map_generation: m.map_generation,
+                        waited: limit,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1197 @@
+//! [`ShmLink`]: one host↔guest link over the guest's ring pair.
+//!
+//! ## Sending
+//! [`ShmLinkTx::reserve`] takes the link's single producer position (an async
+//! mutex) and waits until a worst-case entry for this segment fits the ring;
+//! [`ShmTxPermit::alloc`] then places the payload at its final address — in
+//! the ring for inline payloads, in a pool slot, or in a mapping region — and
+//! [`ShmWriteSlot::commit`] publishes the entry. Nothing is copied on send and
+//! nothing after `reserve` can block or fail for lack of space: a full pool
+//! falls back to the mapping tier.
+//!
+//! ## Waking
+//! One doorbell per link serves both directions. A small task per link (the
+//! *pump*) is its only reader: it drains the socket and wakes both halves via
+//! `Notify`. Each half registers for that wake-up *before* its last check of
+//! the ring (B6). With wake-on-demand (C1) negotiated, a publisher rings only if
+//! the other side set its `*_waiting` flag (see `shm_primitives::wake`), so an
+//! awake peer costs no system call per message.
+//!
+//! ## Failure
+//! A corrupt entry, a bogus slot reference or a bad mapping reference fails
+//! this link's receiving half with a typed [`ShmLinkRxError`]; nothing panics
+//! and no other link is affected. A dead peer wakes every waiter at once.
+
+use std::io;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use shm_primitives::bipbuf::{BipBuf, BipBufConsumer, BipBufProducer, RingError};
+use shm_primitives::peer::{PeerEntry, PeerState, Side};
+use shm_primitives::varslot::{AllocError, CheckedSlot, SlotError, SlotRef};
+use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
+use shm_primitives::{Features, PeerId};
+use shm_primitives_async::control::{MmapControlReceiver, MmapControlSender};
+use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle, SignalResult};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+
+use crate::framing::{self, Frame, FrameError, MmapRef, MMAP_REF_ENTRY_SIZE, SLOT_LEN_PREFIX, SLOT_REF_ENTRY_SIZE};
+use crate::link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, TransportMode, WriteSlot};
+use crate::mmap_registry::{
+    MmapAllocation, MmapAttachments, MmapRegistry, MmapResolveError, DEFAULT_MAPPING_BUDGET, DEFAULT_REGION_SIZE,
+};
+use crate::segment::{sender_owner, RingClaim, RingEnd, Segment, OWNER_HOST};
+
+/// How a waiting half spends its time before sleeping on the doorbell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Sleep on the doorbell at once. Lowest CPU use; every wake-up is a
+    /// system call on both sides.
+    Park,
+    /// Poll the ring for up to `budget`, then park. Replies that arrive within
+    /// the budget cost no system call at all.
+    Spin {
+        /// How long to poll before parking.
+        budget: Duration,
+    },
+    /// Never park: poll (yielding to other tasks regularly). Lowest latency,
+    /// one busy core per waiting half.
+    BusyPoll,
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::Spin { budget: Duration::from_micros(50) }
+    }
+}
+
+/// Per-link settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkOptions {
+    /// How waiting halves wait.
+    pub wait: WaitStrategy,
+    /// Extensions this end offers (intersected with the peer's).
+    pub features: Features,
+    /// Size of a new mapping region (at least one payload's worth).
+    pub mmap_region_size: usize,
+    /// How long a receiver waits for a mapping region's late announcement.
+    pub mmap_attach_timeout: Duration,
+    /// Most bytes of mapping regions the sending side keeps alive.
+    pub mmap_budget: u64,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            wait: WaitStrategy::default(),
+            features: Features::ALL,
+            mmap_region_size: DEFAULT_REGION_SIZE,
+            mmap_attach_timeout: Duration::from_secs(2),
+            mmap_budget: DEFAULT_MAPPING_BUDGET,
+        }
+    }
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        struct Counters { $($name: AtomicU64,)* }
+
+        /// Counters of one link (both halves), all since it was built.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct ShmTransportStatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
+
+        impl Counters {
+            fn snapshot(&self) -> ShmTransportStatsSnapshot {
+                ShmTransportStatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Inline entries committed.
+    inline_sends,
+    /// Slot-ref entries committed.
+    slot_ref_sends,
+    /// Mapping-ref entries committed.
+    mmap_ref_sends,
+    /// Inline entries received.
+    inline_recvs,
+    /// Slot-ref entries received.
+    slot_ref_recvs,
+    /// Mapping-ref entries received.
+    mmap_ref_recvs,
+    /// Allocations that found the slot pool exhausted.
+    varslot_exhausted,
+    /// Slot-sized payloads sent through the mapping tier instead.
+    slot_fallbacks,
+    /// Reserve attempts that found the ring full.
+    ring_exhausted,
+    /// Times a sender slept on the doorbell waiting for space.
+    reserve_waits,
+    /// Times a receiver slept on the doorbell waiting for data.
+    recv_waits,
+    /// Doorbell signals written.
+    doorbell_signals,
+    /// Doorbell wake-ups read by the pump.
+    doorbell_wakeups,
+    /// Signals that found the peer dead.
+    doorbell_peer_dead,
+    /// Mapping regions created.
+    mmap_regions_created,
+    /// Mapping regions reused after their payloads were released.
+    mmap_regions_reused,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+const FEATURES_KNOWN: u32 = 1 << 31;
+
+/// State shared by both halves, the pump task and (weakly) the backings.
+struct Shared {
+    segment: Arc<Segment>,
+    peer: PeerId,
+    side: Side,
+    doorbell: Doorbell,
+    rx_notify: Notify,
+    tx_notify: Notify,
+    peer_gone: AtomicBool,
+    /// Set when the sending half is dropped while a permit is outstanding; the
+    /// permit finishes the close.
+    close_pending: AtomicBool,
+    ours: Features,
+    /// Peer's features with `FEATURES_KNOWN` once read.
+    peer_features: AtomicU32,
+    counters: Counters,
+    options: LinkOptions,
+    tx_ring: BipBuf,
+    rx_ring: BipBuf,
+}
+
+impl Shared {
+    fn entry(&self) -> &PeerEntry {
+        self.segment.peer_entry(self.peer).expect("link peers exist in the segment")
+    }
+
+    /// The peer's features, once known. A guest learns the host's from the
+    /// header; the host reads the guest's word lazily, because it builds its
+    /// link before the guest has claimed its slot (spec C0).
+    fn peer_features(&self) -> Option<Features> {
+        let v = self.peer_features.load(Ordering::Acquire);
+        if v & FEATURES_KNOWN != 0 {
+            return Some(Features::from_bits(v & !FEATURES_KNOWN));
+        }
+        let e = self.entry();
+        if !matches!(e.state(), PeerState::Attached | PeerState::Goodbye) {
+            return None;
+        }
+        let f = e.guest_features().bits() & !FEATURES_KNOWN;
+        self.peer_features.store(f | FEATURES_KNOWN, Ordering::Release);
+        Some(Features::from_bits(f))
+    }
+
+    /// A feature is on when we offer it and the peer is known to offer it.
+    fn negotiated(&self, f: Features) -> bool {
+        self.ours.contains(f) && self.peer_features().is_some_and(|p| p.contains(f))
+    }
+
+    fn ring(&self) {
+        bump(&self.counters.doorbell_signals);
+        if self.doorbell.signal() == SignalResult::PeerDead {
+            bump(&self.counters.doorbell_peer_dead);
+            self.mark_gone();
+        }
+    }
+
+    fn mark_gone(&self) {
+        self.peer_gone.store(true, Ordering::Release);
+        self.rx_notify.notify_waiters();
+        self.tx_notify.notify_waiters();
+    }
+
+    fn gone(&self) -> bool {
+        self.peer_gone.load(Ordering::Acquire)
+    }
+
+    /// After publishing in our sending ring (a commit or a wrap).
+    fn wake_peer_consumer(&self) {
+        if self.negotiated(Features::WAKE_ON_DEMAND) && !should_wake(self.tx_ring.header().consumer_waiting()) {
+            return;
+        }
+        self.ring();
+    }
+
+    /// After freeing space in our receiving ring.
+    fn wake_peer_producer(&self) {
+        if self.negotiated(Features::WAKE_ON_DEMAND) && !should_wake(self.rx_ring.header().producer_waiting()) {
+            return;
+        }
+        self.ring();
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.entry().tx_closed(self.side.other())
+    }
+
+    fn publish_close(&self) {
+        if self.ours.contains(Features::INBAND_CLOSE) {
+            // Release (inside `set_tx_closed`): after our last commit.
+            self.entry().set_tx_closed(self.side);
+        }
+        self.ring();
+    }
+}
+
+/// What both halves (and every outstanding permit) hold. When the last of them
+/// is gone the link is over: the background tasks stop, and the end-of-link
+/// actions run right away, not whenever the runtime gets to the aborted tasks.
+struct Core {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Core {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let s = &self.shared;
+        match s.side {
+            // The guest is done with its slot.
+            Side::Guest => s.entry().set_goodbye(),
+            // The guest's end is closed (it died, or dropped its link and said
+            // goodbye): free what it left behind. Our ring claims were released
+            // before this runs (they are dropped before the `Arc<Core>` in each
+            // half), so recovery is allowed.
+            Side::Host => {
+                if s.gone() || s.doorbell.is_peer_dead() || s.entry().state() == PeerState::Goodbye {
+                    let _ = s.segment.recover_crashed_peer(s.peer);
+                }
+            }
+        }
+    }
+}
+
+async fn pump(shared: Arc<Shared>) {
+    loop {
+        match shared.doorbell.wait().await {
+            Ok(_) => {
+                bump(&shared.counters.doorbell_wakeups);
+                shared.rx_notify.notify_waiters();
+                shared.tx_notify.notify_waiters();
+            }
+            Err(_) => {
+                shared.mark_gone();
+                return;
+            }
+        }
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is valid for writing a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// Guest: stamps `last_heartbeat` every interval (extension C3).
+async fn heartbeat(shared: Weak<Shared>, interval: Duration) {
+    loop {
+        match shared.upgrade() {
+            Some(s) => s.entry().update_heartbeat(monotonic_ns()),
+            None => return,
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Host: declares the guest dead after two missed heartbeats (extension C3).
+async fn heartbeat_watch(shared: Weak<Shared>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(s) = shared.upgrade() else { return };
+        if s.gone() {
+            return;
+        }
+        let interval_ns = interval.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if s.negotiated(Features::LIVENESS)
+            && s.entry().last_heartbeat() != 0
+            && s.entry().is_heartbeat_stale(monotonic_ns(), interval_ns)
+        {
+            s.mark_gone();
+            return;
+        }
+    }
+}
+
+/// Polling phase of a wait: `true` while the strategy says keep polling.
+struct Poller {
+    strategy: WaitStrategy,
+    started: Option<Instant>,
+    rounds: u32,
+}
+
+impl Poller {
+    fn new(strategy: WaitStrategy) -> Self {
+        Poller { strategy, started: None, rounds: 0 }
+    }
+
+    async fn keep_polling(&mut self) -> bool {
+        let budget = match self.strategy {
+            WaitStrategy::Park => return false,
+            WaitStrategy::Spin { budget } => Some(budget),
+            WaitStrategy::BusyPoll => None,
+        };
+        let started = *self.started.get_or_insert_with(Instant::now);
+        if budget.is_some_and(|b| started.elapsed() >= b) {
+            return false;
+        }
+        self.rounds = self.rounds.wrapping_add(1);
+        if self.rounds % 256 == 0 {
+            // Let other tasks on this thread (the pump among them) run.
+            tokio::task::yield_now().await;
+        } else {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+        }
+        true
+    }
+}
+
+/// Geometry every send decision needs, fixed at construction.
+#[derive(Debug, Clone, Copy)]
+struct SendLimits {
+    /// Largest inline payload (threshold, capped by what the ring can hold).
+    inline_limit: u32,
+    /// Largest slot-tier payload (largest slot minus the length prefix).
+    max_var: u32,
+    /// Largest payload at all.
+    max_payload: u32,
+    /// Ring bytes `reserve` waits for: the largest entry this link can write.
+    worst_entry: u32,
+    /// Owner value for slots we allocate.
+    owner: u32,
+}
+
+struct TxState {
+    producer: BipBufProducer,
+    registry: MmapRegistry,
+    closed: bool,
+    _claim: RingClaim,
+}
+
+/// A host↔guest link; split it into [`ShmLinkTx`] and [`ShmLinkRx`].
+pub struct ShmLink {
+    tx: ShmLinkTx,
+    rx: ShmLinkRx,
+}
+
+// Field order matters below: the ring claims (inside `state`, `_claim`,
+// `guard`) are dropped before the `Arc<Core>` whose drop may recover the peer.
+
+/// The sending half.
+pub struct ShmLinkTx {
+    state: Arc<Mutex<TxState>>,
+    limits: SendLimits,
+    core: Arc<Core>,
+}
+
+/// The receiving half.
+pub struct ShmLinkRx {
+    consumer: BipBufConsumer,
+    attachments: MmapAttachments,
+    failed: Option<String>,
+    _claim: RingClaim,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for ShmLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmLink").field("peer", &self.tx.core.peer).field("side", &self.tx.core.side).finish()
+    }
+}
+
+fn ring_err(e: RingError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("ring corrupt: {e}"))
+}
+
+impl ShmLink {
+    /// The host's end of the link to guest `peer` (default options).
+    ///
+    /// `mmap_tx` and `mmap_rx` are the host's control-channel descriptor and a
+    /// duplicate of it (the channel is bidirectional). Must be called inside a
+    /// tokio runtime with time enabled.
+    pub fn for_host(
+        segment: Arc<Segment>,
+        peer: PeerId,
+        doorbell: DoorbellHandle,
+        mmap_tx: std::os::fd::OwnedFd,
+        mmap_rx: std::os::fd::OwnedFd,
+    ) -> io::Result<ShmLink> {
+        Self::new(Side::Host, segment, peer, doorbell, mmap_tx, mmap_rx, LinkOptions::default())
+    }
+
+    /// The guest's end of its link to the host (default options).
+    pub fn for_guest(
+        segment: Arc<Segment>,
+        peer: PeerId,
+        doorbell: DoorbellHandle,
+        mmap_tx: std::os::fd::OwnedFd,
+        mmap_rx: std::os::fd::OwnedFd,
+    ) -> io::Result<ShmLink> {
+        Self::new(Side::Guest, segment, peer, doorbell, mmap_tx, mmap_rx, LinkOptions::default())
+    }
+
+    /// Either end, with options.
+    pub fn new(
+        side: Side,
+        segment: Arc<Segment>,
+        peer: PeerId,
+        doorbell: DoorbellHandle,
+        mmap_tx: std::os::fd::OwnedFd,
+        mmap_rx: std::os::fd::OwnedFd,
+        options: LinkOptions,
+    ) -> io::Result<ShmLink> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("an ShmLink must be built inside a tokio runtime"))?;
+        let entry = segment
+            .peer_entry(peer)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist")))?;
+        let cap = segment.bipbuf_capacity();
+        if cap < MMAP_REF_ENTRY_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("ring capacity {cap} cannot hold a 32-byte reference entry"),
+            ));
+        }
+        let tx_claim = segment.claim_ring(peer, RingEnd::tx(side))?;
+        let rx_claim = segment.claim_ring(peer, RingEnd::rx(side))?;
+        let producer = tx_claim.producer().expect("tx claim");
+        let consumer = rx_claim.consumer().expect("rx claim");
+        let ours = options.features;
+        let peer_features = match side {
+            Side::Guest => {
+                // Publish ours before first use (spec C0; claim_peer may already
+                // have done so before its CAS).
+                entry.set_guest_features(ours);
+                if ours.contains(Features::LIVENESS) {
+                    entry.set_guest_pid(std::process::id());
+                }
+                segment.host_features().bits() & !FEATURES_KNOWN | FEATURES_KNOWN
+            }
+            Side::Host => 0,
+        };
+        // Largest inline payload whose entry fits the ring (B1).
+        let inline_limit =
+            segment.inline_threshold().min((cap & !3) - framing::FRAME_HEADER_SIZE).min(segment.max_payload_size());
+        let max_var = segment.var_pool().max_slot_size().saturating_sub(SLOT_LEN_PREFIX);
+        let limits = SendLimits {
+            inline_limit,
+            max_var,
+            max_payload: segment.max_payload_size(),
+            worst_entry: framing::inline_entry_len(inline_limit).max(MMAP_REF_ENTRY_SIZE).min(cap),
+            owner: sender_owner(side, peer),
+        };
+        let doorbell = Doorbell::new(doorbell)?;
+        let control_tx = MmapControlSender::new(mmap_tx)?;
+        let control_rx = MmapControlReceiver::new(mmap_rx)?;
+        let shared = Arc::new(Shared {
+            tx_ring: tx_claim.ring(),
+            rx_ring: rx_claim.ring(),
+            segment: segment.clone(),
+            peer,
+            side,
+            doorbell,
+            rx_notify: Notify::new(),
+            tx_notify: Notify::new(),
+            peer_gone: AtomicBool::new(false),
+            close_pending: AtomicBool::new(false),
+            ours,
+            peer_features: AtomicU32::new(peer_features),
+            counters: Counters::default(),
+            options,
+        });
+        let mut tasks = vec![runtime.spawn(pump(shared.clone()))];
+        let interval = Duration::from_nanos(segment.heartbeat_interval());
+        if !interval.is_zero() && ours.contains(Features::LIVENESS) {
+            let weak = Arc::downgrade(&shared);
+            tasks.push(match side {
+                Side::Guest => runtime.spawn(heartbeat(weak, interval)),
+                Side::Host => runtime.spawn(heartbeat_watch(weak, interval)),
+            });
+        }
+        let core = Arc::new(Core { shared, tasks });
+        // Only memfds sealed against shrinking are safe to map from a peer that
+        // could truncate them; our own peers (any feature bit) always seal.
+        let require_sealed = cfg!(target_os = "linux")
+            && match side {
+                Side::Guest => !segment.host_features().is_empty(),
+                Side::Host => false, // decided per region below once known
+            };
+        let registry =
+            MmapRegistry::new(control_tx, options.mmap_region_size, options.mmap_budget, segment.max_payload_size());
+        let tx = ShmLinkTx {
+            state: Arc::new(Mutex::new(TxState { producer, registry, closed: false, _claim: tx_claim })),
+            limits,
+            core: core.clone(),
+        };
+        let rx = ShmLinkRx {
+            consumer,
+            attachments: MmapAttachments::new(control_rx, require_sealed),
+            failed: None,
+            _claim: rx_claim,
+            core,
+        };
+        Ok(ShmLink { tx, rx })
+    }
+
+    /// The guest this link serves.
+    pub fn peer_id(&self) -> PeerId {
+        self.tx.core.peer
+    }
+
+    /// Which end this is.
+    pub fn side(&self) -> Side {
+        self.tx.core.side
+    }
+
+    /// Counters of the link.
+    pub fn stats(&self) -> ShmTransportStatsSnapshot {
+        self.tx.stats()
+    }
+
+    /// The features in use on this link (ours ∩ the peer's, once known).
+    pub fn negotiated_features(&self) -> Option<Features> {
+        let s = &self.tx.core;
+        s.peer_features().map(|p| p.intersect(s.ours))
+    }
+}
+
+impl Link for ShmLink {
+    type Tx = ShmLinkTx;
+    type Rx = ShmLinkRx;
+
+    fn split(self) -> (ShmLinkTx, ShmLinkRx) {
+        (self.tx, self.rx)
+    }
+
+    fn supports_transport_mode(mode: TransportMode) -> bool {
+        mode == TransportMode::Bare
+    }
+}
+
+fn snapshot(shared: &Shared, registry: Option<&MmapRegistry>) -> ShmTransportStatsSnapshot {
+    let mut s = shared.counters.snapshot();
+    if let Some(r) = registry {
+        s.mmap_regions_created = r.stats().regions_created;
+        s.mmap_regions_reused = r.stats().regions_reused;
+    }
+    s
+}
+
+impl ShmLinkTx {
+    /// Counters of the link.
+    pub fn stats(&self) -> ShmTransportStatsSnapshot {
+        let reg = self.state.try_lock().ok();
+        snapshot(&self.core, reg.as_ref().map(|g| &g.registry))
+    }
+
+    /// Waits until a worst-case entry fits the ring (see the module docs).
+    async fn wait_for_space(&self, st: &mut TxState) -> io::Result<()> {
+        let need = self.limits.worst_entry;
+        let sh = &self.core;
+        let mut poller = Poller::new(sh.options.wait);
+        // One attempt; a wrap it performs is a publication the consumer must
+        // see even if the grant after it fails.
+        let max_payload = self.limits.max_payload;
+        let attempt = |st: &mut TxState| -> io::Result<bool> {
+            let wraps = st.producer.wraps();
+            let granted = st.producer.try_grant(need).map_err(ring_err)?.is_some();
+            if st.producer.wraps() != wraps {
+                sh.wake_peer_consumer();
+            }
+            if granted {
+                // Only the position matters: `alloc` grants the real size.
+                st.producer.cancel();
+            }
+            // With releases reported (C4), the mapping tier is backpressure too:
+            // wait until the largest payload could be placed within the budget.
+            let mapping_ok = !sh.negotiated(Features::MAPPING_RELEASE) || {
+                st.registry.enable_reuse();
+                st.registry.can_alloc(max_payload)
+            };
+            Ok(granted && mapping_ok)
+        };
+        loop {
+            if sh.gone() {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "peer is gone"));
+            }
+            if attempt(st)? {
+                return Ok(());
+            }
+            bump(&sh.counters.ring_exhausted);
+            if poller.keep_polling().await {
+                continue;
+            }
+            // Park: register for the wake-up, announce, re-check, sleep.
+            let mut notified = pin!(sh.tx_notify.notified());
+            notified.as_mut().enable();
+            let flag = sh.tx_ring.header().producer_waiting();
+            let announce = sh.ours.contains(Features::WAKE_ON_DEMAND);
+            if announce {
+                announce_waiting(flag);
+            }
+            let done = sh.gone() || attempt(st)?;
+            if !done {
+                bump(&sh.counters.reserve_waits);
+                notified.await;
+            }
+            if announce {
+                stop_waiting(flag);
+            }
+            poller = Poller::new(sh.options.wait);
+        }
+    }
+}
+
+impl LinkTx for ShmLinkTx {
+    type Permit = ShmTxPermit;
+
+    #[allow(clippy::manual_async_fn)] // the trait promises a `Send` future
+    fn reserve(&self) -> impl std::future::Future<Output = io::Result<ShmTxPermit>> + Send + '_ {
+        async move {
+            let mut guard = self.state.clone().lock_owned().await;
+            if guard.closed {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "link's sending half is closed"));
+            }
+            self.wait_for_space(&mut guard).await?;
+            Ok(ShmTxPermit { guard: Some(guard), limits: self.limits, core: self.core.clone() })
+        }
+    }
+
+    #[allow(clippy::manual_async_fn)] // the trait promises a `Send` future
+    fn close(self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        async move {
+            let mut st = self.state.lock().await;
+            if !st.closed {
+                st.closed = true;
+                self.core.publish_close();
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Drop for ShmLinkTx {
+    fn drop(&mut self) {
+        // A dropped sender closes like `close()`, so the peer's receiver sees
+        // end-of-stream instead of waiting for our process to exit.
+        match self.state.try_lock() {
+            Ok(mut st) => {
+                if !st.closed {
+                    st.closed = true;
+                    self.core.publish_close();
+                }
+            }
+            Err(_) => self.core.close_pending.store(true, Ordering::Release),
+        }
+    }
+}
+
+fn finish_pending_close(shared: &Shared, st: &mut TxState) {
+    if shared.close_pending.swap(false, Ordering::AcqRel) && !st.closed {
+        st.closed = true;
+        shared.publish_close();
+    }
+}
+
+/// Room for one message; see [`LinkTxPermit`].
+pub struct ShmTxPermit {
+    guard: Option<OwnedMutexGuard<TxState>>,
+    limits: SendLimits,
+    core: Arc<Core>,
+}
+
+enum Payload {
+    Inline { len: u32 },
+    Slot { slot: CheckedSlot, len: u32 },
+    Mmap(MmapAllocation),
+    Done,
+}
+
+/// A message being written; see [`WriteSlot`].
+pub struct ShmWriteSlot {
+    guard: Option<OwnedMutexGuard<TxState>>,
+    payload: Payload,
+    core: Arc<Core>,
+}
+
+impl ShmTxPermit {
+    fn grant(st: &mut TxState, n: u32) -> io::Result<()> {
+        // `reserve` waited until a worst-case entry fits, and only the consumer
+        // (who frees space) ran since, so this cannot fail.
+        match st.producer.try_grant(n).map_err(ring_err)? {
+            Some(_) => Ok(()),
+            None => Err(io::Error::other("ring space reserved by the permit vanished")),
+        }
+    }
+}
+
+impl LinkTxPermit for ShmTxPermit {
+    type Slot = ShmWriteSlot;
+
+    fn alloc(mut self, len: usize) -> io::Result<ShmWriteSlot> {
+        let mut guard = self.guard.take().expect("permit holds the producer");
+        let lim = self.limits;
+        let len = u32::try_from(len).ok().filter(|&l| l <= lim.max_payload).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("payload of {len} bytes exceeds the {} byte maximum", lim.max_payload),
+            )
+        })?;
+        let st = &mut *guard;
+        let payload = if len <= lim.inline_limit {
+            Self::grant(st, framing::inline_entry_len(len))?;
+            Payload::Inline { len }
+        } else {
+            let slot = if len <= lim.max_var {
+                match self.core.segment.var_pool().allocate(len + SLOT_LEN_PREFIX, lim.owner) {
+                    Ok(s) => Some(s),
+                    Err(AllocError::Exhausted { .. } | AllocError::Corrupt { .. }) => {
+                        bump(&self.core.counters.varslot_exhausted);
+                        bump(&self.core.counters.slot_fallbacks);
+                        None
+                    }
+                    Err(AllocError::TooLarge { .. }) => None,
+                }
+            } else {
+                None
+            };
+            match slot {
+                Some(s) => {
+                    let slot = self.core.segment.var_pool().check(s).expect("freshly allocated slots are valid");
+                    if let Err(e) = Self::grant(st, SLOT_REF_ENTRY_SIZE) {
+                        let _ = self.core.segment.var_pool().free(s);
+                        return Err(e);
+                    }
+                    Payload::Slot { slot, len }
+                }
+                None => {
+                    if self.core.negotiated(Features::MAPPING_RELEASE) {
+                        st.registry.enable_reuse();
+                    }
+                    let a = st.registry.alloc(len)?;
+                    if let Err(e) = Self::grant(st, MMAP_REF_ENTRY_SIZE) {
+                        st.registry.cancel(a);
+                        return Err(e);
+                    }
+                    Payload::Mmap(a)
+                }
+            }
+        };
+        Ok(ShmWriteSlot { guard: Some(guard), payload, core: self.core.clone() })
+    }
+}
+
+impl Drop for ShmTxPermit {
+    fn drop(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            finish_pending_close(&self.core, &mut g);
+        }
+    }
+}
+
+impl WriteSlot for ShmWriteSlot {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        let st = self.guard.as_mut().expect("slot holds the producer");
+        match &mut self.payload {
+            Payload::Inline { len } => {
+                let g = st.producer.granted_mut().expect("inline grant");
+                &mut g[framing::FRAME_HEADER_SIZE as usize..(framing::FRAME_HEADER_SIZE + *len) as usize]
+            }
+            Payload::Slot { slot, len } => {
+                // SAFETY: the slot was allocated for us and is not published yet,
+                // so nobody else uses it; it holds at least `len + 4` bytes; the
+                // slice borrows `self`, which keeps the segment mapped.
+                unsafe {
+                    std::slice::from_raw_parts_mut(slot.data().as_ptr().add(SLOT_LEN_PREFIX as usize), *len as usize)
+                }
+            }
+            Payload::Mmap(a) => a.bytes_mut(),
+            Payload::Done => &mut [],
+        }
+    }
+
+    fn commit(mut self) {
+        let mut guard = self.guard.take().expect("slot holds the producer");
+        let st = &mut *guard;
+        let c = &self.core.counters;
+        let entry_len = match std::mem::replace(&mut self.payload, Payload::Done) {
+            Payload::Inline { len } => {
+                bump(&c.inline_sends);
+                framing::finish_inline(st.producer.granted_mut().expect("grant"), len)
+            }
+            Payload::Slot { slot, len } => {
+                // SAFETY: our unpublished slot, at least 4 bytes (see as_mut_slice).
+                unsafe { std::ptr::copy_nonoverlapping(len.to_le_bytes().as_ptr(), slot.data().as_ptr(), 4) };
+                bump(&c.slot_ref_sends);
+                framing::write_slot_ref(st.producer.granted_mut().expect("grant"), &slot.slot_ref())
+            }
+            Payload::Mmap(a) => {
+                let m = a.mmap_ref;
+                st.registry.commit(a);
+                bump(&c.mmap_ref_sends);
+                framing::write_mmap_ref(st.producer.granted_mut().expect("grant"), &m)
+            }
+            Payload::Done => return,
+        };
+        // Release store of `write` inside: publishes the entry and the payload
+        // (ring, slot or region bytes) to the consumer's Acquire load.
+        let committed = st.producer.commit(entry_len);
+        debug_assert!(committed.is_ok(), "commit of our own grant: {committed:?}");
+        self.core.wake_peer_consumer();
+        finish_pending_close(&self.core, st);
+    }
+}
+
+impl Drop for ShmWriteSlot {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else { return };
+        let st = &mut *guard;
+        st.producer.cancel();
+        match std::mem::replace(&mut self.payload, Payload::Done) {
+            Payload::Slot { slot, .. } => {
+                let _ = self.core.segment.var_pool().free(slot.slot_ref());
+            }
+            Payload::Mmap(a) => st.registry.cancel(a),
+            Payload::Inline { .. } | Payload::Done => {}
+        }
+        finish_pending_close(&self.core, st);
+    }
+}
+
+/// Why a receive failed. After any error the receiving half stays failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShmLinkRxError {
+    /// The entry at the head of the ring is malformed.
+    #[error("corrupt ring entry from peer {peer}: {error}")]
+    CorruptFrame {
+        /// The peer.
+        peer: u8,
+        /// What was wrong.
+        error: FrameError,
+    },
+    /// A ring index in shared memory is impossible.
+    #[error("corrupt ring from peer {peer}: {error}")]
+    CorruptRing {
+        /// The peer.
+        peer: u8,
+        /// What was wrong.
+        error: RingError,
+    },
+    /// A slot reference names no slot, or one the sender does not hold.
+    #[error("bogus slot reference {slot:?} from peer {peer}: {reason}")]
+    BadSlotRef {
+        /// The peer.
+        peer: u8,
+        /// The reference.
+        slot: SlotRef,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A slot's length prefix is larger than the slot.
+    #[error("slot payload length {payload_len} exceeds the {slot_bytes}-byte slot")]
+    MalformedSlotRefLength {
+        /// Bytes in the slot.
+        slot_bytes: u32,
+        /// Length claimed.
+        payload_len: u32,
+    },
+    /// A mapping reference could not be resolved.
+    #[error("mapping reference from peer {peer}: {error}")]
+    MmapResolve {
+        /// The peer.
+        peer: u8,
+        /// What went wrong.
+        error: MmapResolveError,
+    },
+    /// The peer vanished without closing (a crash).
+    #[error("peer {peer} died")]
+    PeerDead {
+        /// The peer.
+        peer: u8,
+    },
+    /// This half failed earlier.
+    #[error("link failed earlier: {0}")]
+    Failed(String),
+}
+
+enum Step {
+    Message(Backing),
+    NeedMapping(MmapRef),
+    Empty,
+}
+
+/// A slot-tier payload: zero-copy; the slot is freed when this is dropped.
+struct SlotBacking {
+    segment: Arc<Segment>,
+    slot: CheckedSlot,
+    len: u32,
+    /// To nudge a legacy peer after the free (0.3.1 does), without keeping the
+    /// link (and its doorbell) alive.
+    link: Weak<Shared>,
+}
+
+impl SharedBacking for SlotBacking {
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: the slot lies inside the mapping `self.segment` keeps alive and
+        // holds at least 4 + len bytes (checked at receive); the sender does not
+        // write it after publishing, and it is not freed before we drop.
+        unsafe {
+            std::slice::from_raw_parts(self.slot.data().as_ptr().add(SLOT_LEN_PREFIX as usize), self.len as usize)
+        }
+    }
+}
+
+impl Drop for SlotBacking {
+    fn drop(&mut self) {
+        let _ = self.segment.var_pool().free(self.slot.slot_ref());
+        if let Some(link) = self.link.upgrade() {
+            if !link.negotiated(Features::WAKE_ON_DEMAND) {
+                link.ring();
+            }
+        }
+    }
+}
+
+impl ShmLinkRx {
+    /// Counters of the link.
+    pub fn stats(&self) -> ShmTransportStatsSnapshot {
+        snapshot(&self.core, None)
+    }
+
+    fn fail(&mut self, e: ShmLinkRxError) -> ShmLinkRxError {
+        self.failed = Some(e.to_string());
+        e
+    }
+
+    /// Expected owner values of a slot the peer sent us.
+    fn peer_owner_ok(&self, owner: u32) -> bool {
+        match self.core.side {
+            Side::Host => owner == u32::from(self.core.peer.get()),
+            Side::Guest => owner == OWNER_HOST || owner == crate::segment::owner_host_to(self.core.peer),
+        }
+    }
+
+    /// Takes one entry off the ring, if there is one.
+    fn step(&mut self) -> Result<Step, ShmLinkRxError> {
+        let peer = self.core.peer.get();
+        let before = self.consumer.position();
+        let read = self.consumer.try_read();
+        let region = match read {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                if self.consumer.position() != before {
+                    // A drained tail was handed back: that is free space.
+                    self.core.wake_peer_producer();
+                }
+                return Ok(Step::Empty);
+            }
+            Err(error) => return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error })),
+        };
+        let parsed = framing::parse_frame(&region);
+        let (frame, consumed, inline) = match parsed {
+            Ok((Frame::Inline { len }, consumed)) => {
+                let mut v = vec![0u8; len as usize];
+                region.copy_to(framing::FRAME_HEADER_SIZE, &mut v).expect("parse checked the bounds");
+                (Frame::Inline { len }, consumed, Some(v))
+            }
+            Ok((f, consumed)) => (f, consumed, None),
+            Err(error) => return Err(self.fail(ShmLinkRxError::CorruptFrame { peer, error })),
+        };
+        let c = &self.core.counters;
+        let backing = match frame {
+            Frame::Inline { .. } => {
+                bump(&c.inline_recvs);
+                Backing::Boxed(inline.expect("copied above").into_boxed_slice())
+            }
+            Frame::SlotRef(s) => {
+                bump(&c.slot_ref_recvs);
+                self.take_slot(s)?
+            }
+            Frame::MmapRef(m) => {
+                let count_release = self.core.negotiated(Features::MAPPING_RELEASE);
+                if let Some(f) = self.core.peer_features() {
+                    // Our own peers always send sealed memfds; insist on it.
+                    self.attachments.set_require_sealed(cfg!(target_os = "linux") && !f.is_empty());
+                }
+                match self.attachments.resolve(&m, count_release) {
+                    Ok(Some(b)) => {
+                        bump(&c.mmap_ref_recvs);
+                        // A sender waiting for mapping space (C4) hears of the release.
+                        let link = Arc::downgrade(&self.core.shared);
+                        let b = b.on_release(move || {
+                            if let Some(l) = link.upgrade() {
+                                l.wake_peer_producer();
+                            }
+                        });
+                        Backing::Shared(Arc::new(b))
+                    }
+                    // Not announced yet: leave the entry in the ring and wait.
+                    Ok(None) => return Ok(Step::NeedMapping(m)),
+                    Err(error) => return Err(self.fail(ShmLinkRxError::MmapResolve { peer, error })),
+                }
+            }
+        };
+        if let Err(error) = self.consumer.release(consumed) {
+            return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error }));
+        }
+        self.core.wake_peer_producer();
+        Ok(Step::Message(backing))
+    }
+
+    /// Validates a received slot reference and takes the slot over.
+    fn take_slot(&mut self, s: SlotRef) -> Result<Backing, ShmLinkRxError> {
+        let peer = self.core.peer.get();
+        let pool = self.core.segment.var_pool();
+        let bad = |reason: String| ShmLinkRxError::BadSlotRef { peer, slot: s, reason };
+        let slot = match pool.check(s) {
+            Ok(c) => c,
+            Err(e @ (SlotError::BadClass { .. } | SlotError::BadSlot { .. } | SlotError::BadExtent { .. })) => {
+                return Err(self.fail(bad(e.to_string())))
+            }
+        };
+        let (generation, state, owner) = pool.slot_meta(s.class_idx as usize, s.slot_idx).expect("checked");
+        if generation != s.generation || state != 1 || !self.peer_owner_ok(owner) {
+            return Err(self.fail(bad(format!(
+                "slot is generation {generation}, state {state}, owner {owner}: not allocated by the peer"
+            ))));
+        }
+        let mut prefix = [0u8; 4];
+        if slot.size() >= SLOT_LEN_PREFIX {
+            // SAFETY: the checked slot lies in the mapping and has at least 4 bytes.
+            unsafe { std::ptr::copy_nonoverlapping(slot.data().as_ptr(), prefix.as_mut_ptr(), 4) };
+        }
+        let len = u32::from_le_bytes(prefix);
+        if slot.size() < SLOT_LEN_PREFIX || len > slot.size() - SLOT_LEN_PREFIX {
+            let _ = pool.free(s);
+            return Err(self.fail(ShmLinkRxError::MalformedSlotRefLength { slot_bytes: slot.size(), payload_len: len }));
+        }
+        if self.core.side == Side::Host {
+            // The slot is ours now: a crash recovery of this guest must not
+            // reclaim it while we still read it.
+            pool.retag_owner(s, owner, OWNER_HOST);
+        }
+        Ok(Backing::Shared(Arc::new(SlotBacking {
+            segment: self.core.segment.clone(),
+            slot,
+            len,
+            link: Arc::downgrade(&self.core.shared),
+        })))
+    }
+
+    async fn recv_inner(&mut self) -> Result<Option<Backing>, ShmLinkRxError> {
+        if let Some(msg) = &self.failed {
+            return Err(ShmLinkRxError::Failed(msg.clone()));
+        }
+        let mut poller = Poller::new(self.core.options.wait);
+        loop {
+            match self.step()? {
+                Step::Message(b) => return Ok(Some(b)),
+                Step::NeedMapping(m) => {
+                    let limit = self.core.options.mmap_attach_timeout;
+                    if let Err(error) = self.attachments.wait_for(&m, limit).await {
+                        let peer = self.core.peer.get();
+                        return Err(self.fail(ShmLinkRxError::MmapResolve { peer, error }));
+                    }
+                    continue;
+                }
+                Step::Empty => {}
+            }
+            if let Some(end) = self.end_of_stream()? {
+                return end;
+            }
+            if self.consumer.wrap_pending() {
+                // The producer's `write = 0` is about to land: look again.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if poller.keep_polling().await {
+                continue;
+            }
+            let sh = self.core.shared.clone();
+            let mut notified = pin!(sh.rx_notify.notified());
+            notified.as_mut().enable();
+            let flag = sh.rx_ring.header().consumer_waiting();
+            let announce = sh.ours.contains(Features::WAKE_ON_DEMAND);
+            if announce {
+                announce_waiting(flag);
+            }
+            let step = self.step();
+            let idle =
+                matches!(step, Ok(Step::Empty)) && !self.consumer.wrap_pending() && !sh.gone() && !sh.peer_closed();
+            if idle {
+                bump(&sh.counters.recv_waits);
+                notified.await;
+            }
+            if announce {
+                stop_waiting(flag);
+            }
+            match step? {
+                Step::Message(b) => return Ok(Some(b)),
+                Step::NeedMapping(_) | Step::Empty => {}
+            }
+            poller = Poller::new(sh.options.wait);
+        }
+    }
+
+    /// With the ring found empty: has the peer closed (then `Ok(None)`) or
+    /// died (then an error, unless it cannot announce a close)?
+    fn end_of_stream(&mut self) -> Result<Option<Result<Option<Backing>, ShmLinkRxError>>, ShmLinkRxError> {
+        let sh = self.core.shared.clone();
+        let closed = sh.peer_closed();
+        let gone = sh.gone();
+        if !closed && !gone {
+            return Ok(None);
+        }
+        // The flag (Acquire) or the death came after the peer's last commit:
+        // look once more before ending (spec C2).
+        match self.step()? {
+            Step::Message(b) => return Ok(Some(Ok(Some(b)))),
+            Step::NeedMapping(_) => return Ok(None),
+            Step::Empty => {}
+        }
+        if closed {
+            return Ok(Some(Ok(None)));
+        }
+        // Died without closing. A peer that cannot announce a close (0.3.1)
+        // ends every stream this way, so for it death is the end of stream.
+        if sh.peer_features().is_some_and(|f| f.contains(Features::INBAND_CLOSE)) {
+            let peer = sh.peer.get();
+            return Ok(Some(Err(self.fail(ShmLinkRxError::PeerDead { peer }))));
+        }
+        Ok(Some(Ok(None)))
+    }
+}
+
+impl LinkRx for ShmLinkRx {
+    type Error = ShmLinkRxError;
+
+    fn recv(&mut self) -> impl std::future::Future<Output = Result<Option<Backing>, ShmLinkRxError>> + Send + '_ {
+        self.recv_inner()
+    }
+}
