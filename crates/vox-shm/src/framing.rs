@@ -382,6 +382,37 @@ mod tests {
         assert_eq!(parse_frame(&empty), Ok((Frame::Inline { len: 0 }, 8)));
     }
 
+    proptest::proptest! {
+        /// Any bytes at all: the decoder returns a frame within the bytes or a
+        /// typed error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            let s: &[u8] = &bytes;
+            if let Ok((_, consumed)) = parse_frame(&s) {
+                proptest::prop_assert!(consumed >= 8 && consumed % 4 == 0 && consumed as usize <= bytes.len());
+            }
+        }
+
+        /// Every entry our writers produce decodes back to what was written.
+        #[test]
+        fn written_entries_round_trip(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                                      class in 0u8..4, slot in proptest::prelude::any::<u32>(), generation in proptest::prelude::any::<u32>(),
+                                      off in proptest::prelude::any::<u64>(), len in proptest::prelude::any::<u32>()) {
+            let mut e = vec![0u8; 8 + 300 + 4];
+            let n = write_inline(&mut e, &payload);
+            let s: &[u8] = &e[..n as usize];
+            proptest::prop_assert_eq!(parse_frame(&s), Ok((Frame::Inline { len: payload.len() as u32 }, n)));
+            let r = SlotRef { class_idx: class, extent_idx: 0, slot_idx: slot, generation };
+            let n = write_slot_ref(&mut e, &r);
+            let s: &[u8] = &e[..n as usize];
+            proptest::prop_assert_eq!(parse_frame(&s), Ok((Frame::SlotRef(r), 20)));
+            let m = MmapRef { map_id: slot, map_generation: generation, map_offset: off, payload_len: len };
+            let n = write_mmap_ref(&mut e, &m);
+            let s: &[u8] = &e[..n as usize];
+            proptest::prop_assert_eq!(parse_frame(&s), Ok((Frame::MmapRef(m), 32)));
+        }
+    }
+
     #[test]
     fn every_reader_rule_is_a_typed_error() {
         let cases: Vec<(Vec<u8>, FrameError)> = vec![

@@ -35,3 +35,132 @@ async fn every_size_both_ways_then_close() {
     htx.close().await.unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(5), grx.recv()).await.unwrap().unwrap().is_none());
 }
+
+mod negotiation {
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use shm_primitives_async::control::{MmapAttachMessage, MmapControlSender};
+    use shm_primitives_async::doorbell::Doorbell;
+    use vox_shm::framing::{write_mmap_ref, MmapRef};
+    use vox_shm::host::{create_test_link_pair_with, HostHub};
+    use vox_shm::segment::RingEnd;
+    use vox_shm::{
+        Features, FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig,
+        ShmLinkRxError, SizeClassConfig, WaitStrategy, WriteSlot,
+    };
+
+    fn segment(dir: &std::path::Path) -> Arc<Segment> {
+        let classes = [SizeClassConfig { slot_size: 4096, slot_count: 16 }];
+        let cfg = SegmentConfig { max_guests: 2, bipbuf_capacity: 8192, size_classes: &classes, ..SegmentConfig::default() };
+        Arc::new(Segment::create(&dir.join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap())
+    }
+
+    /// Sends `n` messages host→guest while the guest receives; returns the
+    /// host's and the guest's doorbell signal counts.
+    async fn stream(host: LinkOptions, guest: LinkOptions, n: u64) -> (u64, u64, Option<Features>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, g) = create_test_link_pair_with(segment(dir.path()), host, guest).await.unwrap();
+        let negotiated = h.negotiated_features();
+        let (htx, _hrx) = h.split();
+        let (gtx, mut grx) = g.split();
+        let receiver = tokio::spawn(async move {
+            for i in 0..n {
+                let m = grx.recv().await.unwrap().unwrap();
+                assert_eq!(m.as_bytes(), &i.to_le_bytes());
+            }
+            grx
+        });
+        for i in 0..n {
+            let p = htx.reserve().await.unwrap();
+            let mut s = p.alloc(8).unwrap();
+            s.as_mut_slice().copy_from_slice(&i.to_le_bytes());
+            s.commit();
+        }
+        let grx = tokio::time::timeout(Duration::from_secs(60), receiver).await.unwrap().unwrap();
+        let (hs, gs) = (htx.stats(), grx.stats());
+        drop(gtx);
+        (hs.doorbell_signals, gs.doorbell_signals, negotiated)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wake_on_demand_between_our_peers_makes_no_call_per_message() {
+        let busy = LinkOptions { wait: WaitStrategy::BusyPoll, ..LinkOptions::default() };
+        let (host_signals, guest_signals, negotiated) = stream(busy, busy, 20_000).await;
+        assert_eq!(negotiated, Some(Features::ALL));
+        // Neither side ever sleeps, so neither announces it is waiting.
+        assert!(host_signals < 20, "host rang {host_signals} times for 20000 messages");
+        assert!(guest_signals < 20, "guest rang {guest_signals} times");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_legacy_peer_is_rung_on_every_commit_and_release() {
+        let ours = LinkOptions::default();
+        let legacy = LinkOptions { features: Features::NONE, ..LinkOptions::default() };
+        let (host_signals, guest_signals, negotiated) = stream(ours, legacy, 5_000).await;
+        assert_eq!(negotiated, Some(Features::NONE));
+        assert!(host_signals >= 5_000, "one signal per commit expected, got {host_signals}");
+        assert!(guest_signals >= 5_000, "one signal per release expected, got {guest_signals}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_sender_ends_the_peers_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, g) = create_test_link_pair_with(segment(dir.path()), LinkOptions::default(), LinkOptions::default())
+            .await
+            .unwrap();
+        let (htx, _hrx) = h.split();
+        let (_gtx, mut grx) = g.split();
+        let p = htx.reserve().await.unwrap();
+        let mut s = p.alloc(3).unwrap();
+        s.as_mut_slice().copy_from_slice(b"end");
+        s.commit();
+        drop(htx);
+        assert_eq!(grx.recv().await.unwrap().unwrap().as_bytes(), b"end");
+        assert!(grx.recv().await.unwrap().is_none());
+    }
+
+    /// B2: a mapping reference whose announcement comes late is waited for
+    /// (asynchronously, bounded); one that never comes is a typed error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn late_mapping_announcements_are_awaited_then_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment(dir.path());
+        let (host, ticket) = HostHub::new(seg.clone()).prepare_peer().unwrap().into_parts();
+        let opts = LinkOptions { mmap_attach_timeout: Duration::from_millis(400), ..LinkOptions::default() };
+        let (_htx, mut hrx) = host.into_link_with(opts).unwrap().split();
+        // Play a guest by hand: claim the slot, write mapping refs directly.
+        let id = ticket.peer_id;
+        seg.peer_entry(id).unwrap().set_guest_features(Features::ALL);
+        seg.claim_peer(id).unwrap();
+        let claim = seg.claim_ring(id, RingEnd::GuestTx).unwrap();
+        let mut tx = claim.producer().unwrap();
+        let bell = Doorbell::new(ticket.doorbell).unwrap();
+        let control = MmapControlSender::new(ticket.mmap_tx_fd).unwrap();
+        let region = shm_primitives::MmapRegion::create_anonymous("late", 4096).unwrap();
+        let p = region.region().range(100, 5).unwrap();
+        // SAFETY: 5 bytes inside our own fresh mapping.
+        unsafe { std::ptr::copy_nonoverlapping(b"late!".as_ptr(), p.as_ptr(), 5) };
+        for (id, off) in [(3u32, 100u64), (4, 0)] {
+            tx.try_grant(32).unwrap().unwrap();
+            let m = MmapRef { map_id: id, map_generation: 0, map_offset: off, payload_len: 5 };
+            write_mmap_ref(tx.granted_mut().unwrap(), &m);
+            tx.commit(32).unwrap();
+        }
+        bell.signal();
+        let announce = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let msg = MmapAttachMessage { map_id: 3, map_generation: 0, mapping_length: 4096 };
+            control.send(region.as_fd(), &msg).await.unwrap();
+            region
+        });
+        let started = Instant::now();
+        let m = hrx.recv().await.unwrap().unwrap();
+        assert_eq!(m.as_bytes(), b"late!");
+        assert!(started.elapsed() >= Duration::from_millis(100), "it did wait for the announcement");
+        let _region = announce.await.unwrap();
+        let err = hrx.recv().await.unwrap_err();
+        assert!(matches!(err, ShmLinkRxError::MmapResolve { .. }), "{err:?}");
+    }
+}

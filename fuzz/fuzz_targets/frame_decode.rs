@@ -1,0 +1,10 @@
+//! The ring entry decoder on arbitrary bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use vox_shm::framing::parse_frame;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((_, consumed)) = parse_frame(&data) {
+        assert!(consumed >= 8 && consumed % 4 == 0 && consumed as usize <= data.len());
+    }
+});
