@@ -163,6 +163,29 @@ impl Doorbell {
         }
     }
 
+    /// Waits until the doorbell is readable, then drains it. Every task
+    /// waiting here is woken by each event (whoever runs first consumes the
+    /// bytes), so several waiters never steal a wake-up from each other: each
+    /// re-checks its own condition. Cancel-safe. Poll it once *before* the last
+    /// check of the condition, so a signal sent after that check is not missed.
+    pub async fn readable_drain(&self) -> io::Result<Drained> {
+        let mut guard = self.fd.readable().await?;
+        let d = drain_fd(self.fd.get_ref().as_fd());
+        if !d.peer_gone {
+            // Drained to EAGAIN: the event we were woken for is used up. (A
+            // newer event keeps its readiness: tokio clears by event tick.)
+            guard.clear_ready();
+        }
+        Ok(d)
+    }
+
+    /// Shuts the socket down in both directions: the peer reads end-of-file,
+    /// and our own waiters wake and see it too (used to declare a peer dead).
+    pub fn shutdown(&self) {
+        // SAFETY: shutdown on a descriptor we own; no memory is passed.
+        unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn pending_bytes(&self) -> io::Result<usize> {
         let mut n: libc::c_int = 0;
@@ -204,6 +227,12 @@ fn drain_fd(fd: BorrowedFd<'_>) -> Drained {
         let rc = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if rc > 0 {
             out.bytes += rc as usize;
+            if (rc as usize) < buf.len() {
+                // A short read from a stream socket took everything queued at
+                // that moment; anything sent later raises a new readiness event.
+                // This saves the `EAGAIN` read on every wake-up.
+                return out;
+            }
             continue;
         }
         if rc == 0 {
@@ -280,6 +309,27 @@ mod tests {
         let b = Doorbell::new(b).unwrap();
         assert!(b.wait().await.unwrap() > 0);
         assert_eq!(a.signal(), SignalResult::Sent, "space again after the drain");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_wakes_on_one_signal() {
+        let (a, b) = create_pair().unwrap();
+        let (a, b) = (Doorbell::new(a).unwrap(), std::sync::Arc::new(Doorbell::new(b).unwrap()));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.readable_drain().await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        a.signal();
+        let mut total = 0;
+        for w in waiters {
+            total += tokio::time::timeout(Duration::from_secs(5), w).await.expect("every waiter wakes").unwrap().bytes;
+        }
+        assert_eq!(total, 1, "exactly one of them consumed the byte");
+        a.shutdown();
+        assert!(b.readable_drain().await.unwrap().peer_gone);
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl BipBuf {
     /// At most one consumer handle may exist for a ring at any time.
     pub unsafe fn consumer(&self) -> BipBufConsumer {
         let read = self.header().read.load(Ordering::Relaxed).min(self.capacity);
-        BipBufConsumer { buf: *self, read }
+        BipBufConsumer { buf: *self, read, known_end: read, unpublished: 0 }
     }
 
     /// `read == write` and no wrap pending. A snapshot; either side may move.
@@ -463,6 +463,23 @@ impl ReadRegion<'_> {
         Some(())
     }
 
+    /// Copies `len` bytes from `at` into a new vector (no zero-filling first);
+    /// `None` if that passes the end.
+    pub fn to_vec(&self, at: u32, len: u32) -> Option<Vec<u8>> {
+        let end = at.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        let mut v = Vec::with_capacity(len as usize);
+        // SAFETY: [at, end) is inside the readable region; `v` has capacity for
+        // `len` bytes, all of which are initialised by the copy before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(at as usize), v.as_mut_ptr(), len as usize);
+            v.set_len(len as usize);
+        }
+        Some(v)
+    }
+
     /// Reads `N` bytes at `at` with one volatile read each, so a value that is
     /// validated afterwards cannot change between the check and its use.
     pub fn read_array<const N: usize>(&self, at: u32) -> Option<[u8; N]> {
@@ -485,6 +502,13 @@ pub struct BipBufConsumer {
     buf: BipBuf,
     /// Our `read`; only we store it (the producer only loads it).
     read: u32,
+    /// End of the bytes we already know are published (from an earlier
+    /// Acquire load of `write` or `watermark`). While `read` is below it we
+    /// hand out `[read, known_end)` without touching the producer's cache line.
+    known_end: u32,
+    /// Bytes released locally but not yet published to the producer (see
+    /// [`BipBufConsumer::release_deferred`]).
+    unpublished: u32,
 }
 
 impl BipBufConsumer {
@@ -512,6 +536,10 @@ impl BipBufConsumer {
     /// so `write == watermark` can only mean "the wrap is not visible yet": we
     /// then report nothing and leave the wrap for the next call.
     pub fn try_read(&mut self) -> Result<Option<ReadRegion<'_>>, RingError> {
+        if self.read < self.known_end {
+            // Published and not yet consumed: no need to look at the producer.
+            return Ok(Some(self.region(self.read, self.known_end)));
+        }
         let h = self.buf.header();
         // Acquire on `write` pairs with the producer's Release in `commit`/`wrap`;
         // loading it *before* the watermark guarantees that if we see a value
@@ -537,6 +565,8 @@ impl BipBufConsumer {
         h.read.store(0, Ordering::Release);
         h.watermark.store(0, Ordering::Release);
         self.read = 0;
+        self.known_end = 0;
+        self.unpublished = 0;
         Ok((write > 0).then(|| self.region(0, write)))
     }
 
@@ -549,7 +579,8 @@ impl BipBufConsumer {
         watermark != 0 && self.read >= watermark
     }
 
-    fn region(&self, start: u32, end: u32) -> ReadRegion<'_> {
+    fn region(&mut self, start: u32, end: u32) -> ReadRegion<'_> {
+        self.known_end = end;
         ReadRegion {
             offset: start,
             // SAFETY: start <= end <= capacity (indices were checked), inside data.
@@ -566,17 +597,43 @@ impl BipBufConsumer {
     /// pre-wrap value (see [`try_read`](Self::try_read)). The next `try_read`
     /// clears it after checking. The bytes in shared memory are the same.
     pub fn release(&mut self, n: u32) -> Result<(), RingError> {
+        self.release_deferred(n, 0).map(|_| ())
+    }
+
+    /// Frees `n` bytes locally and publishes our position only once at least
+    /// `batch` bytes are pending. Returns whether it published (a producer
+    /// waiting for space must then be checked for, spec C1).
+    ///
+    /// Publishing every release makes both sides touch the other's cache line
+    /// on every message; batching keeps streaming traffic to one exchange per
+    /// batch. A caller that defers must [`flush`](Self::flush) before it sleeps
+    /// or when the ring looks empty, so a producer never waits for space that
+    /// is already free.
+    pub fn release_deferred(&mut self, n: u32, batch: u32) -> Result<bool, RingError> {
         let cap = self.buf.capacity;
         let new_read = self.read.checked_add(n).filter(|&r| r <= cap).ok_or(RingError::ReleaseTooLarge {
             n,
             read: self.read,
             capacity: cap,
         })?;
-        // Release: the producer may reuse these bytes only after we are done;
-        // pairs with its Acquire load of `read`.
-        self.buf.header().read.store(new_read, Ordering::Release);
         self.read = new_read;
-        Ok(())
+        self.unpublished = self.unpublished.saturating_add(n);
+        if self.unpublished < batch.max(1) {
+            return Ok(false);
+        }
+        Ok(self.flush())
+    }
+
+    /// Publishes our position if any release is pending. Returns whether it did.
+    pub fn flush(&mut self) -> bool {
+        if self.unpublished == 0 {
+            return false;
+        }
+        self.unpublished = 0;
+        // Release: the producer may reuse the bytes only after we are done;
+        // pairs with its Acquire load of `read`.
+        self.buf.header().read.store(self.read, Ordering::Release);
+        true
     }
 }
 
@@ -748,6 +805,27 @@ mod tests {
     }
 
     #[test]
+    fn deferred_releases_publish_in_batches_and_on_flush() {
+        let (_h, b) = ring(64);
+        // SAFETY: one producer and one consumer in this test.
+        let (mut tx, mut rx) = unsafe { (b.producer(), b.consumer()) };
+        for _ in 0..6 {
+            assert!(push(&mut tx, &[1; 8]));
+        }
+        rx.try_read().unwrap().unwrap();
+        assert!(!rx.release_deferred(8, 20).unwrap());
+        assert!(!rx.release_deferred(8, 20).unwrap());
+        assert_eq!(positions(&b).2, 0, "not yet published");
+        assert!(rx.try_read().unwrap().is_some(), "locally the bytes are consumed");
+        assert!(rx.release_deferred(8, 20).unwrap(), "24 >= 20 publishes");
+        assert_eq!(positions(&b).2, 24);
+        assert!(!rx.release_deferred(8, 20).unwrap());
+        assert!(rx.flush());
+        assert!(!rx.flush(), "nothing pending");
+        assert_eq!(positions(&b).2, 32);
+    }
+
+    #[test]
     fn commit_and_release_misuse_are_errors() {
         let (_h, b) = ring(16);
         // SAFETY: one producer and one consumer in this test.
@@ -824,5 +902,8 @@ mod tests {
         assert_eq!(r.read_array::<4>(5), None);
         assert_eq!(r.copy_to(7, &mut [0; 2]), None);
         assert_eq!(r.copy_to(u32::MAX, &mut [0; 2]), None);
+        assert_eq!(r.to_vec(2, 3), Some(vec![3, 4, 5]));
+        assert_eq!(r.to_vec(6, 3), None);
+        assert_eq!(r.to_vec(u32::MAX, 3), None);
     }
 }

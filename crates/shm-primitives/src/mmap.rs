@@ -67,14 +67,16 @@ impl std::fmt::Debug for MmapRegion {
 }
 
 fn map_shared(file: &File, len: usize) -> io::Result<NonNull<u8>> {
+    map_with(file, len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+fn map_with(file: &File, len: usize, prot: libc::c_int) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
     }
     // SAFETY: a fresh mapping chosen by the kernel (addr = NULL) cannot alias any
     // Rust object; the fd is valid for the duration of the call.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
-    };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
@@ -144,6 +146,19 @@ impl MmapRegion {
         let mut region = Self::attach_file(file)?;
         region.path = Some(path.to_owned());
         Ok(region)
+    }
+
+    /// Opens the file at `path` read-only and maps its whole length read-only
+    /// (for inspection tools: nothing can be written through this mapping).
+    /// Only ever load from the returned memory; a store would fault.
+    pub fn attach_read_only(path: &Path) -> io::Result<Mapping> {
+        let file = File::open(path)?;
+        let len = file_len(&file)?;
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "file is empty"));
+        }
+        let ptr = map_with(&file, len, libc::PROT_READ)?;
+        Ok(Mapping { ptr, len })
     }
 
     /// Maps the whole length of an open file descriptor (read-write).

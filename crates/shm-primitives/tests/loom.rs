@@ -262,11 +262,15 @@ fn wake_on_demand_never_leaves_a_side_asleep() {
             wake_producer(rx.position() != before);
             if let Some(len) = found {
                 assert!(len >= n);
-                rx.release(n).unwrap();
+                // Deferred release, as the link does between our own peers:
+                // publish (and check for a waiting producer) per batch only.
+                let published = rx.release_deferred(n, 8).unwrap();
                 got += 1;
-                wake_producer(true);
+                wake_producer(published);
                 continue;
             }
+            // Before sleeping, publish everything released.
+            wake_producer(rx.flush());
             announce_waiting(h.consumer_waiting());
             let before = rx.position();
             let found = rx.try_read().unwrap().is_some();

@@ -4,8 +4,10 @@
 //! One *host* creates a [`Segment`]; up to 255 *guests* attach to it, each with
 //! a bidirectional link made of two single-producer rings in the segment.
 
+mod async_lock;
 pub mod framing;
 pub mod host;
+pub mod inspect;
 pub mod link;
 pub mod mmap_registry;
 pub mod segment;

@@ -35,6 +35,7 @@ use shm_primitives::layout::{check_inline_threshold, LayoutError, SegmentLayout}
 use shm_primitives::mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
 use shm_primitives::peer::Side;
 use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable};
+use shm_primitives::region::Region;
 use shm_primitives::varslot::{SizeClassConfig, VarSlotPool};
 use shm_primitives::Features;
 
@@ -364,47 +365,17 @@ impl Segment {
 
     /// B8: check the header, then every offset and class entry against the file.
     fn validate(region: MmapRegion) -> Result<Segment, AttachError> {
-        let file_len = region.len() as u64;
-        if file_len < shm_primitives::SEGMENT_HEADER_SIZE as u64 {
-            return Err(HeaderError::TooShort { file_len }.into());
-        }
-        let fields = Self::header_at(&region).read();
-        fields.check_identity()?;
-        let r = region.region();
-        let mismatch = |field, expected: u64, found: u64| HeaderError::LayoutMismatch { field, expected, found };
-        if fields.peer_table_offset != shm_primitives::SEGMENT_HEADER_SIZE as u64 {
-            return Err(mismatch("peer_table_offset", 128, fields.peer_table_offset).into());
-        }
-        let max_guests = fields.max_guests as u8; // <= 255 by check_identity
-        let (_, pool_offset) = SegmentLayout::rings(max_guests, fields.bipbuf_capacity).map_err(HeaderError::from)?;
-        if fields.var_pool_offset != pool_offset {
-            return Err(mismatch("var_pool_offset", pool_offset, fields.var_pool_offset).into());
-        }
-        let classes = VarSlotPool::discover_configs(r, fields.var_pool_offset, fields.num_var_slot_classes)?;
-        let layout = SegmentLayout::compute(max_guests, fields.bipbuf_capacity, &classes).map_err(HeaderError::from)?;
-        if fields.total_size != layout.total_size {
-            return Err(mismatch("total_size", layout.total_size, fields.total_size).into());
-        }
-        if layout.total_size > file_len {
-            return Err(HeaderError::FileTooSmall { needed: layout.total_size, file_len }.into());
-        }
-        let oob = |e| AttachError::BadHeader(HeaderError::OutOfBounds(e));
-        let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
-        for (id, entry) in peers.iter() {
-            if entry.ring_offset() != layout.ring_offset(id) {
-                return Err(mismatch("peer ring_offset", layout.ring_offset(id), entry.ring_offset()).into());
-            }
-            for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
-                let ring = BipBuf::attach(r, off, layout.bipbuf_capacity).map_err(oob)?;
-                let stored = ring.header().stored_capacity();
-                if stored != layout.bipbuf_capacity {
-                    return Err(mismatch("ring capacity", layout.bipbuf_capacity.into(), stored.into()).into());
-                }
-            }
-        }
-        let pool = VarSlotPool::attach(r, layout.var_pool_offset, &layout.pool).map_err(oob)?;
-        let ring_ends = Self::ring_end_table(layout.max_guests);
-        Ok(Segment { region, layout, fields, peers, pool, created: false, ring_ends })
+        let v = validate_region(region.region())?;
+        let ring_ends = Self::ring_end_table(v.layout.max_guests);
+        Ok(Segment {
+            region,
+            layout: v.layout,
+            fields: v.fields,
+            peers: v.peers,
+            pool: v.pool,
+            created: false,
+            ring_ends,
+        })
     }
 
     /// The header in shared memory (live values: goodbye flag, current size).
@@ -668,4 +639,64 @@ impl AsRawFd for Segment {
     fn as_raw_fd(&self) -> RawFd {
         self.region.as_raw_fd()
     }
+}
+
+/// A segment's geometry, checked against the memory it is mapped in.
+pub(crate) struct Validated {
+    pub(crate) layout: SegmentLayout,
+    pub(crate) fields: HeaderFields,
+    pub(crate) peers: PeerTable,
+    pub(crate) pool: VarSlotPool,
+}
+
+/// A snapshot of the header at the start of `r`.
+fn read_header(r: Region) -> Result<HeaderFields, HeaderError> {
+    let p = r.typed::<SegmentHeader>(0)?;
+    // SAFETY: in bounds and aligned; all-atomic struct (any bits valid); the
+    // reference does not outlive this call, during which `r` is mapped (the
+    // `Region` contract).
+    Ok(unsafe { p.as_ref() }.read())
+}
+
+/// Validates a mapped segment without writing to it (spec B8).
+pub(crate) fn validate_region(r: Region) -> Result<Validated, AttachError> {
+    let file_len = r.len() as u64;
+    if file_len < shm_primitives::SEGMENT_HEADER_SIZE as u64 {
+        return Err(HeaderError::TooShort { file_len }.into());
+    }
+    let fields = read_header(r)?;
+    fields.check_identity()?;
+    let mismatch = |field, expected: u64, found: u64| HeaderError::LayoutMismatch { field, expected, found };
+    if fields.peer_table_offset != shm_primitives::SEGMENT_HEADER_SIZE as u64 {
+        return Err(mismatch("peer_table_offset", 128, fields.peer_table_offset).into());
+    }
+    let max_guests = fields.max_guests as u8; // <= 255 by check_identity
+    let (_, pool_offset) = SegmentLayout::rings(max_guests, fields.bipbuf_capacity).map_err(HeaderError::from)?;
+    if fields.var_pool_offset != pool_offset {
+        return Err(mismatch("var_pool_offset", pool_offset, fields.var_pool_offset).into());
+    }
+    let classes = VarSlotPool::discover_configs(r, fields.var_pool_offset, fields.num_var_slot_classes)?;
+    let layout = SegmentLayout::compute(max_guests, fields.bipbuf_capacity, &classes).map_err(HeaderError::from)?;
+    if fields.total_size != layout.total_size {
+        return Err(mismatch("total_size", layout.total_size, fields.total_size).into());
+    }
+    if layout.total_size > file_len {
+        return Err(HeaderError::FileTooSmall { needed: layout.total_size, file_len }.into());
+    }
+    let oob = |e| AttachError::BadHeader(HeaderError::OutOfBounds(e));
+    let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
+    for (id, entry) in peers.iter() {
+        if entry.ring_offset() != layout.ring_offset(id) {
+            return Err(mismatch("peer ring_offset", layout.ring_offset(id), entry.ring_offset()).into());
+        }
+        for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
+            let ring = BipBuf::attach(r, off, layout.bipbuf_capacity).map_err(oob)?;
+            let stored = ring.header().stored_capacity();
+            if stored != layout.bipbuf_capacity {
+                return Err(mismatch("ring capacity", layout.bipbuf_capacity.into(), stored.into()).into());
+            }
+        }
+    }
+    let pool = VarSlotPool::attach(r, layout.var_pool_offset, &layout.pool).map_err(oob)?;
+    Ok(Validated { layout, fields, peers, pool })
 }

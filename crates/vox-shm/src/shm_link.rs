@@ -10,12 +10,15 @@
 //! falls back to the mapping tier.
 //!
 //! ## Waking
-//! One doorbell per link serves both directions. A small task per link (the
-//! *pump*) is its only reader: it drains the socket and wakes both halves via
-//! `Notify`. Each half registers for that wake-up *before* its last check of
-//! the ring (B6). With wake-on-demand (C1) negotiated, a publisher rings only if
-//! the other side set its `*_waiting` flag (see `shm_primitives::wake`), so an
-//! awake peer costs no system call per message.
+//! One doorbell per link serves both directions, and both halves may wait on
+//! it at once. Each event on the socket wakes every registered waiter (tokio's
+//! readiness wakes all of them); whoever runs first drains the bytes, and each
+//! re-checks its own ring. A half registers its interest *before* its last
+//! check of the ring (B6), so a signal sent after that check always wakes it
+//! and a byte drained by the other half cannot leave it asleep. With
+//! wake-on-demand (C1) negotiated, a publisher rings only if the other side set
+//! its `*_waiting` flag (see `shm_primitives::wake`), so an awake peer costs no
+//! system call per message.
 //!
 //! ## Failure
 //! A corrupt entry, a bogus slot reference or a bad mapping reference fails
@@ -26,8 +29,10 @@ use std::io;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::async_lock::{AsyncLock, AsyncLockGuard};
 use shm_primitives::bipbuf::{BipBuf, BipBufConsumer, BipBufProducer, RingError};
 use shm_primitives::peer::{PeerEntry, PeerState, Side};
 use shm_primitives::varslot::{AllocError, CheckedSlot, SlotError, SlotRef};
@@ -35,7 +40,6 @@ use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
 use shm_primitives::{Features, PeerId};
 use shm_primitives_async::control::{MmapControlReceiver, MmapControlSender};
 use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle, SignalResult};
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 use crate::framing::{self, Frame, FrameError, MmapRef, MMAP_REF_ENTRY_SIZE, SLOT_LEN_PREFIX, SLOT_REF_ENTRY_SIZE};
 use crate::link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, TransportMode, WriteSlot};
@@ -158,8 +162,6 @@ struct Shared {
     peer: PeerId,
     side: Side,
     doorbell: Doorbell,
-    rx_notify: Notify,
-    tx_notify: Notify,
     peer_gone: AtomicBool,
     /// Set when the sending half is dropped while a permit is outstanding; the
     /// permit finishes the close.
@@ -210,8 +212,19 @@ impl Shared {
 
     fn mark_gone(&self) {
         self.peer_gone.store(true, Ordering::Release);
-        self.rx_notify.notify_waiters();
-        self.tx_notify.notify_waiters();
+    }
+
+    /// Waits for the doorbell (registered by the caller before its last check)
+    /// and records what the drain found.
+    fn note_drain(&self, d: io::Result<shm_primitives_async::doorbell::Drained>) {
+        match d {
+            Ok(d) if !d.peer_gone => {
+                if d.bytes > 0 {
+                    bump(&self.counters.doorbell_wakeups);
+                }
+            }
+            _ => self.mark_gone(),
+        }
     }
 
     fn gone(&self) -> bool {
@@ -284,22 +297,6 @@ impl Drop for Core {
     }
 }
 
-async fn pump(shared: Arc<Shared>) {
-    loop {
-        match shared.doorbell.wait().await {
-            Ok(_) => {
-                bump(&shared.counters.doorbell_wakeups);
-                shared.rx_notify.notify_waiters();
-                shared.tx_notify.notify_waiters();
-            }
-            Err(_) => {
-                shared.mark_gone();
-                return;
-            }
-        }
-    }
-}
-
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is valid for writing a timespec.
@@ -332,12 +329,24 @@ async fn heartbeat_watch(shared: Weak<Shared>, interval: Duration) {
             && s.entry().is_heartbeat_stale(monotonic_ns(), interval_ns)
         {
             s.mark_gone();
+            // Wakes our own waiters (they read end-of-file) and tells the peer.
+            s.doorbell.shutdown();
             return;
         }
     }
 }
 
+/// Polls a future once with the current task's context (registering its waker)
+/// and reports whether it completed.
+async fn poll_once<F: std::future::Future + ?Sized>(mut f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+}
+
 /// Polling phase of a wait: `true` while the strategy says keep polling.
+///
+/// Between checks it backs off exponentially (1, 2, 4 … 64 pause
+/// instructions): a poller that re-reads the other side's index too eagerly
+/// keeps stealing that cache line from the side that is writing it.
 struct Poller {
     strategy: WaitStrategy,
     started: Option<Instant>,
@@ -360,11 +369,11 @@ impl Poller {
             return false;
         }
         self.rounds = self.rounds.wrapping_add(1);
-        if self.rounds % 256 == 0 {
-            // Let other tasks on this thread (the pump among them) run.
+        if self.rounds % 128 == 0 {
+            // Let other tasks on this thread run.
             tokio::task::yield_now().await;
         } else {
-            for _ in 0..16 {
+            for _ in 0..(1u32 << self.rounds.min(6)) {
                 std::hint::spin_loop();
             }
         }
@@ -405,7 +414,7 @@ pub struct ShmLink {
 
 /// The sending half.
 pub struct ShmLinkTx {
-    state: Arc<Mutex<TxState>>,
+    state: Arc<AsyncLock<TxState>>,
     limits: SendLimits,
     core: Arc<Core>,
 }
@@ -516,8 +525,6 @@ impl ShmLink {
             peer,
             side,
             doorbell,
-            rx_notify: Notify::new(),
-            tx_notify: Notify::new(),
             peer_gone: AtomicBool::new(false),
             close_pending: AtomicBool::new(false),
             ours,
@@ -525,7 +532,7 @@ impl ShmLink {
             counters: Counters::default(),
             options,
         });
-        let mut tasks = vec![runtime.spawn(pump(shared.clone()))];
+        let mut tasks = Vec::new();
         let interval = Duration::from_nanos(segment.heartbeat_interval());
         if !interval.is_zero() && ours.contains(Features::LIVENESS) {
             let weak = Arc::downgrade(&shared);
@@ -545,7 +552,7 @@ impl ShmLink {
         let registry =
             MmapRegistry::new(control_tx, options.mmap_region_size, options.mmap_budget, segment.max_payload_size());
         let tx = ShmLinkTx {
-            state: Arc::new(Mutex::new(TxState { producer, registry, closed: false, _claim: tx_claim })),
+            state: Arc::new(AsyncLock::new(TxState { producer, registry, closed: false, _claim: tx_claim })),
             limits,
             core: core.clone(),
         };
@@ -606,7 +613,7 @@ fn snapshot(shared: &Shared, registry: Option<&MmapRegistry>) -> ShmTransportSta
 impl ShmLinkTx {
     /// Counters of the link.
     pub fn stats(&self) -> ShmTransportStatsSnapshot {
-        let reg = self.state.try_lock().ok();
+        let reg = self.state.try_lock();
         snapshot(&self.core, reg.as_ref().map(|g| &g.registry))
     }
 
@@ -648,8 +655,11 @@ impl ShmLinkTx {
                 continue;
             }
             // Park: register for the wake-up, announce, re-check, sleep.
-            let mut notified = pin!(sh.tx_notify.notified());
-            notified.as_mut().enable();
+            let mut bell = pin!(sh.doorbell.readable_drain());
+            if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
+                sh.note_drain(d); // already rung: look again
+                continue;
+            }
             let flag = sh.tx_ring.header().producer_waiting();
             let announce = sh.ours.contains(Features::WAKE_ON_DEMAND);
             if announce {
@@ -658,7 +668,7 @@ impl ShmLinkTx {
             let done = sh.gone() || attempt(st)?;
             if !done {
                 bump(&sh.counters.reserve_waits);
-                notified.await;
+                sh.note_drain(bell.await);
             }
             if announce {
                 stop_waiting(flag);
@@ -686,7 +696,7 @@ impl LinkTx for ShmLinkTx {
     #[allow(clippy::manual_async_fn)] // the trait promises a `Send` future
     fn close(self) -> impl std::future::Future<Output = io::Result<()>> + Send {
         async move {
-            let mut st = self.state.lock().await;
+            let mut st = self.state.clone().lock_owned().await;
             if !st.closed {
                 st.closed = true;
                 self.core.publish_close();
@@ -701,19 +711,21 @@ impl Drop for ShmLinkTx {
         // A dropped sender closes like `close()`, so the peer's receiver sees
         // end-of-stream instead of waiting for our process to exit.
         match self.state.try_lock() {
-            Ok(mut st) => {
+            Some(mut st) => {
                 if !st.closed {
                     st.closed = true;
                     self.core.publish_close();
                 }
             }
-            Err(_) => self.core.close_pending.store(true, Ordering::Release),
+            None => self.core.close_pending.store(true, Ordering::Release),
         }
     }
 }
 
 fn finish_pending_close(shared: &Shared, st: &mut TxState) {
-    if shared.close_pending.swap(false, Ordering::AcqRel) && !st.closed {
+    // A plain load first: the swap is a full barrier, too dear per message.
+    if shared.close_pending.load(Ordering::Relaxed) && shared.close_pending.swap(false, Ordering::AcqRel) && !st.closed
+    {
         st.closed = true;
         shared.publish_close();
     }
@@ -721,7 +733,7 @@ fn finish_pending_close(shared: &Shared, st: &mut TxState) {
 
 /// Room for one message; see [`LinkTxPermit`].
 pub struct ShmTxPermit {
-    guard: Option<OwnedMutexGuard<TxState>>,
+    guard: Option<AsyncLockGuard<TxState>>,
     limits: SendLimits,
     core: Arc<Core>,
 }
@@ -735,7 +747,7 @@ enum Payload {
 
 /// A message being written; see [`WriteSlot`].
 pub struct ShmWriteSlot {
-    guard: Option<OwnedMutexGuard<TxState>>,
+    guard: Option<AsyncLockGuard<TxState>>,
     payload: Payload,
     core: Arc<Core>,
 }
@@ -1016,8 +1028,7 @@ impl ShmLinkRx {
         let parsed = framing::parse_frame(&region);
         let (frame, consumed, inline) = match parsed {
             Ok((Frame::Inline { len }, consumed)) => {
-                let mut v = vec![0u8; len as usize];
-                region.copy_to(framing::FRAME_HEADER_SIZE, &mut v).expect("parse checked the bounds");
+                let v = region.to_vec(framing::FRAME_HEADER_SIZE, len).expect("parse checked the bounds");
                 (Frame::Inline { len }, consumed, Some(v))
             }
             Ok((f, consumed)) => (f, consumed, None),
@@ -1057,10 +1068,16 @@ impl ShmLinkRx {
                 }
             }
         };
-        if let Err(error) = self.consumer.release(consumed) {
-            return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error }));
+        // Between our own peers (C1), publish the read position in batches of
+        // an eighth of the ring: streaming then touches the producer's cache
+        // line once per batch, not per message. A legacy peer gets every
+        // release at once, with its "ack" signal.
+        let batch = if self.core.negotiated(Features::WAKE_ON_DEMAND) { self.core.rx_ring.capacity() / 8 } else { 0 };
+        match self.consumer.release_deferred(consumed, batch) {
+            Ok(true) => self.core.wake_peer_producer(),
+            Ok(false) => {}
+            Err(error) => return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error })),
         }
-        self.core.wake_peer_producer();
         Ok(Step::Message(backing))
     }
 
@@ -1134,8 +1151,11 @@ impl ShmLinkRx {
                 continue;
             }
             let sh = self.core.shared.clone();
-            let mut notified = pin!(sh.rx_notify.notified());
-            notified.as_mut().enable();
+            let mut bell = pin!(sh.doorbell.readable_drain());
+            if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
+                sh.note_drain(d); // already rung: look again
+                continue;
+            }
             let flag = sh.rx_ring.header().consumer_waiting();
             let announce = sh.ours.contains(Features::WAKE_ON_DEMAND);
             if announce {
@@ -1146,7 +1166,7 @@ impl ShmLinkRx {
                 matches!(step, Ok(Step::Empty)) && !self.consumer.wrap_pending() && !sh.gone() && !sh.peer_closed();
             if idle {
                 bump(&sh.counters.recv_waits);
-                notified.await;
+                sh.note_drain(bell.await);
             }
             if announce {
                 stop_waiting(flag);

@@ -47,13 +47,14 @@ mod negotiation {
     use vox_shm::host::{create_test_link_pair_with, HostHub};
     use vox_shm::segment::RingEnd;
     use vox_shm::{
-        Features, FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig,
-        ShmLinkRxError, SizeClassConfig, WaitStrategy, WriteSlot,
+        Features, FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLinkRxError,
+        SizeClassConfig, WaitStrategy, WriteSlot,
     };
 
     fn segment(dir: &std::path::Path) -> Arc<Segment> {
         let classes = [SizeClassConfig { slot_size: 4096, slot_count: 16 }];
-        let cfg = SegmentConfig { max_guests: 2, bipbuf_capacity: 8192, size_classes: &classes, ..SegmentConfig::default() };
+        let cfg =
+            SegmentConfig { max_guests: 2, bipbuf_capacity: 8192, size_classes: &classes, ..SegmentConfig::default() };
         Arc::new(Segment::create(&dir.join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap())
     }
 

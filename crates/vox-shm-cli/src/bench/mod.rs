@@ -1,0 +1,539 @@
+//! `vox-shm bench`: every workload over vox-shm (for each wait strategy) and
+//! over a tokio `UnixStream`, each case in fresh host and guest processes,
+//! with the ratio between them.
+
+mod endpoint;
+mod wire;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shm_primitives_async::fd;
+use vox_shm::host::{spawn_guest_with, GuestArgs, HostHub};
+use vox_shm::{Features, Link, LinkOptions, Segment, SegmentConfig, SizeClassConfig, WaitStrategy};
+
+use crate::demo::human_size;
+use crate::{runtime, Res};
+use endpoint::{Rx, Tx};
+
+/// Options of `vox-shm bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Fewer iterations (about a minute on two cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// Write machine-readable results here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Write a chart of the speed-ups here.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
+    /// Only run cases whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Seconds after which a case is killed and reported as failed.
+    #[arg(long, default_value_t = 120)]
+    pub case_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Ping-pong: latency percentiles.
+    RoundTrip,
+    /// One way, host to guest: throughput.
+    Stream,
+    /// Both ways at once: throughput (messages in both directions).
+    Duplex,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// tokio UnixStream, 4-byte length prefix.
+    Uds,
+    /// vox-shm, sleeping on the doorbell at once.
+    ShmPark,
+    /// vox-shm, polling up to 50 µs before sleeping (the default).
+    ShmSpin,
+    /// vox-shm, never sleeping.
+    ShmBusyPoll,
+}
+
+impl Transport {
+    fn wait(self) -> WaitStrategy {
+        match self {
+            Transport::ShmPark => WaitStrategy::Park,
+            Transport::ShmBusyPoll => WaitStrategy::BusyPoll,
+            _ => WaitStrategy::default(),
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Uds => "unix-stream",
+            Transport::ShmPark => "shm park",
+            Transport::ShmSpin => "shm spin",
+            Transport::ShmBusyPoll => "shm busy-poll",
+        }
+    }
+}
+
+/// Which slot classes the segment has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// Slots up to 2 MiB: 1 MiB payloads use the slot tier.
+    Slots,
+    /// Slots up to 128 KiB: 1 MiB payloads use the mapping tier.
+    MappingTier,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Case {
+    pub kind: Kind,
+    pub size: usize,
+    pub count: u64,
+    pub transport: Transport,
+    pub pool: Pool,
+}
+
+impl Case {
+    pub fn workload(&self) -> String {
+        let kind = match self.kind {
+            Kind::RoundTrip => "round trip",
+            Kind::Stream => "stream",
+            Kind::Duplex => "full duplex",
+        };
+        let tier = if self.pool == Pool::MappingTier { " (mapping tier)" } else { "" };
+        format!("{kind} {}{tier}", human_size(self.size))
+    }
+    pub fn name(&self) -> String {
+        format!("{} / {}", self.workload(), self.transport.label())
+    }
+}
+
+/// What the host process of a case reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Measured {
+    /// Round-trip percentiles (ns).
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    /// Messages per second (both directions for duplex).
+    pub msgs_per_s: f64,
+    /// Payload bytes per second.
+    pub bytes_per_s: f64,
+    /// Doorbell signals the host wrote (vox-shm only).
+    pub host_signals: u64,
+    pub messages: u64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case: Case,
+    pub workload: String,
+    pub transport: String,
+    pub measured: Option<Measured>,
+    pub error: Option<String>,
+}
+
+fn classes(pool: Pool) -> &'static [SizeClassConfig] {
+    const SLOTS: [SizeClassConfig; 3] = [
+        SizeClassConfig { slot_size: 8 * 1024, slot_count: 256 },
+        SizeClassConfig { slot_size: 128 * 1024, slot_count: 64 },
+        SizeClassConfig { slot_size: 2 << 20, slot_count: 16 },
+    ];
+    match pool {
+        Pool::Slots => &SLOTS,
+        Pool::MappingTier => &SLOTS[..2],
+    }
+}
+
+fn cases(quick: bool) -> Vec<Case> {
+    let q = |full: u64| if quick { (full / 10).max(200) } else { full };
+    let shm = [Transport::ShmPark, Transport::ShmSpin, Transport::ShmBusyPoll];
+    let mut out = Vec::new();
+    let mut add = |kind, size, count, pool| {
+        for transport in std::iter::once(Transport::Uds).chain(shm) {
+            if pool == Pool::MappingTier && transport == Transport::Uds {
+                continue; // the same workload as the slot-tier stream
+            }
+            out.push(Case { kind, size, count, transport, pool });
+        }
+    };
+    add(Kind::RoundTrip, 64, q(20_000), Pool::Slots);
+    add(Kind::RoundTrip, 4096, q(20_000), Pool::Slots);
+    add(Kind::RoundTrip, 64 * 1024, q(5_000), Pool::Slots);
+    add(Kind::RoundTrip, 1 << 20, q(1_000), Pool::Slots);
+    add(Kind::Stream, 64, q(2_000_000), Pool::Slots);
+    add(Kind::Stream, 64 * 1024, q(40_000), Pool::Slots);
+    add(Kind::Stream, 1 << 20, q(3_000), Pool::Slots);
+    add(Kind::Stream, 1 << 20, q(3_000), Pool::MappingTier);
+    add(Kind::Duplex, 64, q(1_000_000), Pool::Slots);
+    out
+}
+
+pub fn run(args: BenchArgs) -> Res {
+    let all = cases(args.quick);
+    let selected: Vec<Case> =
+        all.into_iter().filter(|c| args.filter.as_ref().is_none_or(|f| c.name().contains(f.as_str()))).collect();
+    if selected.is_empty() {
+        return Err("no benchmark case matches the filter".into());
+    }
+    let exe = std::env::current_exe()?;
+    let bar = indicatif::ProgressBar::new(selected.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {msg}").map_err(|e| e.to_string())?,
+    );
+    let mut results = Vec::new();
+    for case in selected {
+        bar.set_message(case.name());
+        let r = run_case(&exe, &case, Duration::from_secs(args.case_timeout));
+        results.push(CaseResult {
+            workload: case.workload(),
+            transport: case.transport.label().to_string(),
+            measured: r.as_ref().ok().cloned(),
+            error: r.err().map(|e| e.to_string()),
+            case,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let table = render_table(&results);
+    println!("{table}");
+    if let Some(p) = &args.json {
+        let doc = serde_json::json!({
+            "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel() },
+            "quick": args.quick,
+            "results": results,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.svg {
+        std::fs::write(p, crate::svg::chart(&results))?;
+        println!("wrote {}", p.display());
+    }
+    let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).map(|r| r.case.name()).collect();
+    if !failed.is_empty() {
+        return Err(format!("{} case(s) failed: {}", failed.len(), failed.join(", ")).into());
+    }
+    Ok(())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Runs one case in a fresh host process (which spawns its guest).
+fn run_case(exe: &std::path::Path, case: &Case, limit: Duration) -> Res<Measured> {
+    let mut child = Command::new(exe)
+        .arg("bench-host")
+        .arg(serde_json::to_string(case)?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("timed out after {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !status.success() {
+        return Err(format!("host failed ({status}): {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or("host printed no result")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The host process of one case.
+pub fn host(case_json: &str) -> Res {
+    let case: Case = serde_json::from_str(case_json)?;
+    let rt = runtime()?;
+    let measured = rt.block_on(async {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("bench-guest").arg(case_json).stdout(Stdio::null()).stderr(Stdio::inherit());
+        let (tx, rx, mut child) = match case.transport {
+            Transport::Uds => {
+                let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
+                let theirs = OwnedFd::from(theirs);
+                let raw = theirs.as_raw_fd();
+                cmd.arg(format!("--uds-fd={raw}"));
+                // SAFETY: runs in the forked child before exec; `fcntl` only, on a
+                // descriptor open in the parent until after `spawn`.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || fd::clear_cloexec_raw(raw));
+                }
+                let child = cmd.spawn()?;
+                drop(theirs);
+                mine.set_nonblocking(true)?;
+                let (r, w) = tokio::net::UnixStream::from_std(mine)?.into_split();
+                let tx = Tx::Uds { sock: w, buf: Vec::new() };
+                let rx = Rx::Uds { sock: tokio::io::BufReader::with_capacity(256 * 1024, r), buf: Vec::new() };
+                (tx, rx, child)
+            }
+            t => {
+                let cfg = SegmentConfig {
+                    max_guests: 1,
+                    bipbuf_capacity: 256 * 1024,
+                    max_payload_size: 4 << 20,
+                    size_classes: classes(case.pool),
+                    ..SegmentConfig::default()
+                };
+                let seg = Arc::new(Segment::create_anonymous(cfg, Features::ALL)?);
+                let opts = LinkOptions { wait: t.wait(), ..LinkOptions::default() };
+                let (link, child) = spawn_guest_with(&HostHub::new(seg), cmd, opts)?;
+                let (tx, rx) = link.split();
+                (Tx::Shm(tx), Rx::Shm(rx), child)
+            }
+        };
+        let m = drive_host(&case, tx, rx).await;
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        let m = m?;
+        if !status.success() {
+            return Err(format!("guest failed: {status}").into());
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(m)
+    })?;
+    println!("RESULT {}", serde_json::to_string(&measured)?);
+    Ok(())
+}
+
+async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
+    let mut m = Measured::default();
+    let signals = |tx: &Tx| match tx {
+        Tx::Shm(t) => t.stats().doorbell_signals,
+        Tx::Uds { .. } => 0,
+    };
+    match case.kind {
+        Kind::RoundTrip => {
+            let warmup = (case.count / 10).max(10);
+            let mut rtts = Vec::with_capacity(case.count as usize);
+            let started = Instant::now();
+            for seq in 0..warmup + case.count {
+                let t = Instant::now();
+                tx.send(seq, case.size).await?;
+                rx.expect(seq).await?;
+                if seq >= warmup {
+                    rtts.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+            m.elapsed_s = started.elapsed().as_secs_f64();
+            rtts.sort_unstable();
+            m.p50_ns = percentile(&rtts, 0.5);
+            m.p99_ns = percentile(&rtts, 0.99);
+            m.p999_ns = percentile(&rtts, 0.999);
+            m.messages = case.count;
+            m.msgs_per_s = case.count as f64 / (rtts.iter().sum::<u64>() as f64 / 1e9);
+        }
+        Kind::Stream => {
+            let started = Instant::now();
+            for seq in 0..case.count {
+                tx.send(seq, case.size).await?;
+            }
+            rx.expect(case.count).await?; // the guest's acknowledgement
+            let secs = started.elapsed().as_secs_f64();
+            m.elapsed_s = secs;
+            m.messages = case.count;
+            m.msgs_per_s = case.count as f64 / secs;
+            m.bytes_per_s = (case.count * case.size as u64) as f64 / secs;
+        }
+        Kind::Duplex => {
+            let started = Instant::now();
+            let (n, size) = (case.count, case.size);
+            let sender = async {
+                for seq in 0..n {
+                    tx.send(seq, size).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let receiver = async {
+                for seq in 0..=n {
+                    rx.expect(seq).await?; // n messages, then the acknowledgement
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            tokio::try_join!(sender, receiver)?;
+            let secs = started.elapsed().as_secs_f64();
+            m.elapsed_s = secs;
+            m.messages = 2 * n;
+            m.msgs_per_s = (2 * n) as f64 / secs;
+            m.bytes_per_s = (2 * n * size as u64) as f64 / secs;
+        }
+    }
+    m.host_signals = signals(&tx);
+    tx.close().await?;
+    if rx.recv().await?.is_some() {
+        return Err("unexpected message after the run".into());
+    }
+    Ok(m)
+}
+
+/// The guest process of one case.
+pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
+    let case: Case = serde_json::from_str(case_json)?;
+    runtime()?.block_on(async {
+        let (tx, rx) = if let Some(a) = rest.iter().find_map(|a| a.strip_prefix("--uds-fd=")) {
+            let raw = fd::parse_fd_arg(a)?;
+            fd::validate_fd(raw)?;
+            // SAFETY: inherited for us by the bench host and adopted once here.
+            let sock = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+            sock.set_nonblocking(true)?;
+            let (r, w) = tokio::net::UnixStream::from_std(sock)?.into_split();
+            (
+                Tx::Uds { sock: w, buf: Vec::new() },
+                Rx::Uds { sock: tokio::io::BufReader::with_capacity(256 * 1024, r), buf: Vec::new() },
+            )
+        } else {
+            let (args, _) = GuestArgs::parse(rest, std::env::var(vox_shm::host::MMAP_TX_FD_ENV).ok())?;
+            let opts = LinkOptions { wait: case.transport.wait(), ..LinkOptions::default() };
+            // SAFETY: inherited for us by spawn_guest and adopted once here.
+            let (_seg, link) = unsafe { args.connect(opts) }?;
+            let (tx, rx) = link.split();
+            (Tx::Shm(tx), Rx::Shm(rx))
+        };
+        drive_guest(&case, tx, rx).await
+    })
+}
+
+async fn drive_guest(case: &Case, mut tx: Tx, mut rx: Rx) -> Res {
+    match case.kind {
+        Kind::RoundTrip => {
+            while let Some(seq) = rx.recv().await? {
+                tx.send(seq, case.size).await?;
+            }
+        }
+        Kind::Stream => {
+            for seq in 0..case.count {
+                rx.expect(seq).await?;
+            }
+            tx.send(case.count, 8).await?;
+            if rx.recv().await?.is_some() {
+                return Err("unexpected message after the stream".into());
+            }
+        }
+        Kind::Duplex => {
+            let (n, size) = (case.count, case.size);
+            let sender = async {
+                for seq in 0..n {
+                    tx.send(seq, size).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let receiver = async {
+                for seq in 0..n {
+                    rx.expect(seq).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            tokio::try_join!(sender, receiver)?;
+            tx.send(n, 8).await?;
+            if rx.recv().await?.is_some() {
+                return Err("unexpected message after the stream".into());
+            }
+        }
+    }
+    tx.close().await?;
+    Ok(())
+}
+
+fn fmt_ns(ns: u64) -> String {
+    match ns {
+        n if n >= 1_000_000 => format!("{:.2} ms", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.2} µs", n as f64 / 1e3),
+        n => format!("{n} ns"),
+    }
+}
+
+fn fmt_rate(m: &Measured, size: usize) -> String {
+    if size >= 16 * 1024 {
+        format!("{:.2} GiB/s", m.bytes_per_s / (1u64 << 30) as f64)
+    } else {
+        format!("{:.2} M msg/s", m.msgs_per_s / 1e6)
+    }
+}
+
+/// The speed-up of a vox-shm result over the UnixStream result of the same
+/// workload (latency: uds/shm at p50; throughput: shm/uds).
+pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
+    let m = r.measured.as_ref()?;
+    let base = all
+        .iter()
+        .find(|b| b.case.transport == Transport::Uds && b.case.kind == r.case.kind && b.case.size == r.case.size)?
+        .measured
+        .as_ref()?;
+    Some(match r.case.kind {
+        Kind::RoundTrip => base.p50_ns as f64 / m.p50_ns.max(1) as f64,
+        _ => m.msgs_per_s / base.msgs_per_s.max(1e-9),
+    })
+}
+
+pub fn render_table(results: &[CaseResult]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<32} {:<14} {:>11} {:>11} {:>11} {:>14} {:>9} {:>8}",
+        "workload", "transport", "p50", "p99", "p99.9", "throughput", "vs unix", "signals"
+    );
+    let mut last = String::new();
+    for r in results {
+        if r.workload != last && !last.is_empty() {
+            s.push('\n');
+        }
+        last = r.workload.clone();
+        match (&r.measured, &r.error) {
+            (Some(m), _) => {
+                let lat = r.case.kind == Kind::RoundTrip;
+                let (p50, p99, p999) = if lat {
+                    (fmt_ns(m.p50_ns), fmt_ns(m.p99_ns), fmt_ns(m.p999_ns))
+                } else {
+                    ("-".into(), "-".into(), "-".into())
+                };
+                let ratio = if r.case.transport == Transport::Uds {
+                    "1.00x".to_string()
+                } else {
+                    ratio(r, results).map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into())
+                };
+                let signals = if r.case.transport == Transport::Uds { "-".into() } else { m.host_signals.to_string() };
+                let _ = writeln!(
+                    s,
+                    "{:<32} {:<14} {:>11} {:>11} {:>11} {:>14} {:>9} {:>8}",
+                    r.workload,
+                    r.transport,
+                    p50,
+                    p99,
+                    p999,
+                    fmt_rate(m, r.case.size),
+                    ratio,
+                    signals
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(s, "{:<32} {:<14} FAILED: {}", r.workload, r.transport, e.as_deref().unwrap_or("?"));
+            }
+        }
+    }
+    s
+}
