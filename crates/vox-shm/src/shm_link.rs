@@ -150,7 +150,15 @@ counters! {
     mmap_regions_reused,
 }
 
+/// Counts an event on a counter that only one half writes (each half owns its
+/// own counters): a plain load and store, because a locked add is a full
+/// memory barrier on x86 and this runs once per message.
 fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+/// Counts an event on a counter both halves (and backings) write.
+fn bump_shared(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -203,9 +211,9 @@ impl Shared {
     }
 
     fn ring(&self) {
-        bump(&self.counters.doorbell_signals);
+        bump_shared(&self.counters.doorbell_signals);
         if self.doorbell.signal() == SignalResult::PeerDead {
-            bump(&self.counters.doorbell_peer_dead);
+            bump_shared(&self.counters.doorbell_peer_dead);
             self.mark_gone();
         }
     }
@@ -220,7 +228,7 @@ impl Shared {
         match d {
             Ok(d) if !d.peer_gone => {
                 if d.bytes > 0 {
-                    bump(&self.counters.doorbell_wakeups);
+                    bump_shared(&self.counters.doorbell_wakeups);
                 }
             }
             _ => self.mark_gone(),
@@ -401,6 +409,9 @@ struct TxState {
     registry: MmapRegistry,
     closed: bool,
     _claim: RingClaim,
+    /// Reached through the lock guard, so permits and slots need no reference
+    /// count of their own (each count update is a locked instruction).
+    core: Arc<Core>,
 }
 
 /// A host↔guest link; split it into [`ShmLinkTx`] and [`ShmLinkRx`].
@@ -552,7 +563,13 @@ impl ShmLink {
         let registry =
             MmapRegistry::new(control_tx, options.mmap_region_size, options.mmap_budget, segment.max_payload_size());
         let tx = ShmLinkTx {
-            state: Arc::new(AsyncLock::new(TxState { producer, registry, closed: false, _claim: tx_claim })),
+            state: Arc::new(AsyncLock::new(TxState {
+                producer,
+                registry,
+                closed: false,
+                _claim: tx_claim,
+                core: core.clone(),
+            })),
             limits,
             core: core.clone(),
         };
@@ -689,7 +706,7 @@ impl LinkTx for ShmLinkTx {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "link's sending half is closed"));
             }
             self.wait_for_space(&mut guard).await?;
-            Ok(ShmTxPermit { guard: Some(guard), limits: self.limits, core: self.core.clone() })
+            Ok(ShmTxPermit { guard: Some(guard), limits: self.limits })
         }
     }
 
@@ -722,12 +739,12 @@ impl Drop for ShmLinkTx {
     }
 }
 
-fn finish_pending_close(shared: &Shared, st: &mut TxState) {
+fn finish_pending_close(st: &mut TxState) {
+    let pending = &st.core.close_pending;
     // A plain load first: the swap is a full barrier, too dear per message.
-    if shared.close_pending.load(Ordering::Relaxed) && shared.close_pending.swap(false, Ordering::AcqRel) && !st.closed
-    {
+    if pending.load(Ordering::Relaxed) && pending.swap(false, Ordering::AcqRel) && !st.closed {
         st.closed = true;
-        shared.publish_close();
+        st.core.publish_close();
     }
 }
 
@@ -735,7 +752,6 @@ fn finish_pending_close(shared: &Shared, st: &mut TxState) {
 pub struct ShmTxPermit {
     guard: Option<AsyncLockGuard<TxState>>,
     limits: SendLimits,
-    core: Arc<Core>,
 }
 
 enum Payload {
@@ -749,14 +765,13 @@ enum Payload {
 pub struct ShmWriteSlot {
     guard: Option<AsyncLockGuard<TxState>>,
     payload: Payload,
-    core: Arc<Core>,
 }
 
 impl ShmTxPermit {
-    fn grant(st: &mut TxState, n: u32) -> io::Result<()> {
+    fn grant(producer: &mut BipBufProducer, n: u32) -> io::Result<()> {
         // `reserve` waited until a worst-case entry fits, and only the consumer
         // (who frees space) ran since, so this cannot fail.
-        match st.producer.try_grant(n).map_err(ring_err)? {
+        match producer.try_grant(n).map_err(ring_err)? {
             Some(_) => Ok(()),
             None => Err(io::Error::other("ring space reserved by the permit vanished")),
         }
@@ -775,17 +790,18 @@ impl LinkTxPermit for ShmTxPermit {
                 format!("payload of {len} bytes exceeds the {} byte maximum", lim.max_payload),
             )
         })?;
-        let st = &mut *guard;
+        let TxState { producer, registry, core, .. } = &mut *guard;
         let payload = if len <= lim.inline_limit {
-            Self::grant(st, framing::inline_entry_len(len))?;
+            Self::grant(producer, framing::inline_entry_len(len))?;
             Payload::Inline { len }
         } else {
+            let pool = core.segment.var_pool();
             let slot = if len <= lim.max_var {
-                match self.core.segment.var_pool().allocate(len + SLOT_LEN_PREFIX, lim.owner) {
+                match pool.allocate(len + SLOT_LEN_PREFIX, lim.owner) {
                     Ok(s) => Some(s),
                     Err(AllocError::Exhausted { .. } | AllocError::Corrupt { .. }) => {
-                        bump(&self.core.counters.varslot_exhausted);
-                        bump(&self.core.counters.slot_fallbacks);
+                        bump(&core.counters.varslot_exhausted);
+                        bump(&core.counters.slot_fallbacks);
                         None
                     }
                     Err(AllocError::TooLarge { .. }) => None,
@@ -795,34 +811,34 @@ impl LinkTxPermit for ShmTxPermit {
             };
             match slot {
                 Some(s) => {
-                    let slot = self.core.segment.var_pool().check(s).expect("freshly allocated slots are valid");
-                    if let Err(e) = Self::grant(st, SLOT_REF_ENTRY_SIZE) {
-                        let _ = self.core.segment.var_pool().free(s);
+                    let slot = pool.check(s).expect("freshly allocated slots are valid");
+                    if let Err(e) = Self::grant(producer, SLOT_REF_ENTRY_SIZE) {
+                        let _ = pool.free(s);
                         return Err(e);
                     }
                     Payload::Slot { slot, len }
                 }
                 None => {
-                    if self.core.negotiated(Features::MAPPING_RELEASE) {
-                        st.registry.enable_reuse();
+                    if core.negotiated(Features::MAPPING_RELEASE) {
+                        registry.enable_reuse();
                     }
-                    let a = st.registry.alloc(len)?;
-                    if let Err(e) = Self::grant(st, MMAP_REF_ENTRY_SIZE) {
-                        st.registry.cancel(a);
+                    let a = registry.alloc(len)?;
+                    if let Err(e) = Self::grant(producer, MMAP_REF_ENTRY_SIZE) {
+                        registry.cancel(a);
                         return Err(e);
                     }
                     Payload::Mmap(a)
                 }
             }
         };
-        Ok(ShmWriteSlot { guard: Some(guard), payload, core: self.core.clone() })
+        Ok(ShmWriteSlot { guard: Some(guard), payload })
     }
 }
 
 impl Drop for ShmTxPermit {
     fn drop(&mut self) {
         if let Some(mut g) = self.guard.take() {
-            finish_pending_close(&self.core, &mut g);
+            finish_pending_close(&mut g);
         }
     }
 }
@@ -851,7 +867,7 @@ impl WriteSlot for ShmWriteSlot {
     fn commit(mut self) {
         let mut guard = self.guard.take().expect("slot holds the producer");
         let st = &mut *guard;
-        let c = &self.core.counters;
+        let c = &st.core.counters;
         let entry_len = match std::mem::replace(&mut self.payload, Payload::Done) {
             Payload::Inline { len } => {
                 bump(&c.inline_sends);
@@ -875,8 +891,8 @@ impl WriteSlot for ShmWriteSlot {
         // (ring, slot or region bytes) to the consumer's Acquire load.
         let committed = st.producer.commit(entry_len);
         debug_assert!(committed.is_ok(), "commit of our own grant: {committed:?}");
-        self.core.wake_peer_consumer();
-        finish_pending_close(&self.core, st);
+        st.core.wake_peer_consumer();
+        finish_pending_close(st);
     }
 }
 
@@ -887,12 +903,12 @@ impl Drop for ShmWriteSlot {
         st.producer.cancel();
         match std::mem::replace(&mut self.payload, Payload::Done) {
             Payload::Slot { slot, .. } => {
-                let _ = self.core.segment.var_pool().free(slot.slot_ref());
+                let _ = st.core.segment.var_pool().free(slot.slot_ref());
             }
             Payload::Mmap(a) => st.registry.cancel(a),
             Payload::Inline { .. } | Payload::Done => {}
         }
-        finish_pending_close(&self.core, st);
+        finish_pending_close(st);
     }
 }
 
