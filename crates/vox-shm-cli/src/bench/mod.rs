@@ -130,6 +130,9 @@ pub struct Measured {
     pub host_signals: u64,
     pub messages: u64,
     pub elapsed_s: f64,
+    /// Round-trip deciles p10..p90 (ns), to see the shape of the distribution.
+    #[serde(default)]
+    pub deciles_ns: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,6 +347,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             m.p50_ns = percentile(&rtts, 0.5);
             m.p99_ns = percentile(&rtts, 0.99);
             m.p999_ns = percentile(&rtts, 0.999);
+            m.deciles_ns = (1..10).map(|d| percentile(&rtts, d as f64 / 10.0)).collect();
             m.messages = case.count;
             m.msgs_per_s = case.count as f64 / (rtts.iter().sum::<u64>() as f64 / 1e9);
         }

@@ -1,0 +1,146 @@
+//! The `vox-shm` command: argument handling, demo, a quick benchmark case,
+//! and `inspect` on live, foreign and corrupt segments.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use vox_shm::{FileCleanup, Segment, SegmentConfig, SizeClassConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vox-shm");
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN).args(args).output().expect("run vox-shm");
+    assert_ne!(out.status.code(), Some(101), "vox-shm panicked: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    for cmd in ["demo", "bench", "inspect"] {
+        assert!(t.contains(cmd), "help lists {cmd}: {t}");
+    }
+    assert!(!t.contains("bench-guest"), "internal subcommands stay hidden");
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let out = run(&["inspect"]);
+    assert_eq!(out.status.code(), Some(2), "inspect needs a path");
+    let out = run(&["bench", "--quick", "--filter", "no such case"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("no benchmark case matches"));
+    let out = run(&["bench-host", "not json"]);
+    assert_eq!(out.status.code(), Some(1), "a bad case description is an error, not a panic");
+}
+
+#[test]
+fn demo_exchanges_every_tier_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.shm");
+    let out = run(&["demo", "--rounds", "20", "--path", path.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for tier in ["inline", "slot", "mapping"] {
+        assert!(t.contains(tier), "demo reports the {tier} tier: {t}");
+    }
+    assert!(t.contains("echoed 60 messages"), "{t}");
+    assert!(t.contains("removed"), "{t}");
+    assert!(!path.exists(), "the segment file is cleaned up");
+}
+
+#[test]
+fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    let svg = dir.path().join("b.svg");
+    let out = run(&[
+        "bench",
+        "--quick",
+        "--filter",
+        "round trip 64 B",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "unix-stream + three wait strategies");
+    for r in results {
+        assert!(r["error"].is_null(), "{r}");
+        assert!(r["measured"]["p50_ns"].as_u64().unwrap() > 0);
+    }
+    assert!(t.contains("unix-stream") && t.contains("shm busy-poll") && t.contains("vs unix"), "{t}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("shm spin"));
+}
+
+fn live_segment(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Segment>) {
+    let path = dir.join("live.shm");
+    let classes = [SizeClassConfig { slot_size: 1024, slot_count: 8 }];
+    let cfg =
+        SegmentConfig { max_guests: 3, bipbuf_capacity: 4096, size_classes: &classes, ..SegmentConfig::default() };
+    let seg = Arc::new(Segment::create(&path, cfg, FileCleanup::Manual).unwrap());
+    let id = seg.reserve_peer().unwrap();
+    let e = seg.peer_entry(id).unwrap();
+    e.set_guest_features(vox_shm::Features::ALL);
+    e.set_guest_pid(4321);
+    seg.claim_peer(id).unwrap();
+    let _held = seg.var_pool().allocate(100, u32::from(id.get())).unwrap();
+    // SAFETY: the test is the only producer of this ring.
+    let mut tx = unsafe { seg.h2g_bipbuf(id).unwrap().producer() };
+    tx.try_grant(100).unwrap().unwrap();
+    tx.commit(100).unwrap();
+    (path, seg)
+}
+
+#[test]
+fn inspect_shows_a_live_segment_without_changing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _seg) = live_segment(dir.path());
+    let before = std::fs::read(&path).unwrap();
+    let out = run(&["inspect", path.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Attached") && t.contains("4321"), "peer shown: {t}");
+    assert!(t.contains("host→guest") && t.contains("100/4096"), "ring fill shown: {t}");
+    assert!(t.contains("guest 1: 1"), "slot owner shown: {t}");
+    assert!(t.contains("wake-on-demand"), "features shown: {t}");
+    let out = run(&["inspect", "--json", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["peers"][0]["pid"], 4321);
+    assert_eq!(j["peers"][0]["h2g"]["used"], 100);
+    assert_eq!(j["slot_classes"][0]["free"], 7);
+    assert_eq!(std::fs::read(&path).unwrap(), before, "inspect must not write to the segment");
+}
+
+#[test]
+fn inspect_refuses_foreign_and_corrupt_files_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("foreign");
+    std::fs::write(&foreign, b"just some text, not a segment at all, long enough to have a header........................................................................").unwrap();
+    let out = run(&["inspect", foreign.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("bad magic"), "{}", text(&out));
+
+    let (path, seg) = live_segment(dir.path());
+    drop(seg);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run(&["inspect", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("needs"), "truncation explained: {}", text(&out));
+
+    let out = run(&["inspect", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("No such file"), "{}", text(&out));
+}
