@@ -219,7 +219,7 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, body: &[u8], fds: &[RawFd]) -> io::Re
 /// Receives one datagram with up to [`FD_ROOM`] descriptors: `Ok(None)` if none
 /// is waiting. Every descriptor received is owned before any check, so a
 /// refused message leaks nothing.
-pub fn recv_datagram(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>, ControlError> {
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>, ControlError> {
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE((FD_ROOM * size_of::<RawFd>()) as u32) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
@@ -286,7 +286,7 @@ pub fn recv_datagram(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usi
 
 fn recv_attach(sock: BorrowedFd<'_>) -> Result<Option<(MmapAttachMessage, OwnedFd)>, ControlError> {
     let mut buf = [0u8; 64];
-    let Some((n, mut fds)) = recv_datagram(sock, &mut buf)? else { return Ok(None) };
+    let Some((n, mut fds)) = recv_with_fds(sock, &mut buf)? else { return Ok(None) };
     if n == 0 && fds.is_empty() {
         return Err(ControlError::Closed);
     }

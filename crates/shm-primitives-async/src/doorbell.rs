@@ -227,12 +227,8 @@ fn drain_fd(fd: BorrowedFd<'_>) -> Drained {
         let rc = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if rc > 0 {
             out.bytes += rc as usize;
-            if (rc as usize) < buf.len() {
-                // A short read from a stream socket took everything queued at
-                // that moment; anything sent later raises a new readiness event.
-                // This saves the `EAGAIN` read on every wake-up.
-                return out;
-            }
+            // Read on until the socket says `EAGAIN`: only a read observed to
+            // block may clear tokio's readiness (its `clear_ready` contract).
             continue;
         }
         if rc == 0 {

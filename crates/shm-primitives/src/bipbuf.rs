@@ -235,7 +235,7 @@ impl BipBuf {
     /// At most one consumer handle may exist for a ring at any time.
     pub unsafe fn consumer(&self) -> BipBufConsumer {
         let read = self.header().read.load(Ordering::Relaxed).min(self.capacity);
-        BipBufConsumer { buf: *self, read, known_end: read, unpublished: 0 }
+        BipBufConsumer { buf: *self, read, known_end: read, unpublished: 0, last_seen: (0, 0) }
     }
 
     /// `read == write` and no wrap pending. A snapshot; either side may move.
@@ -348,14 +348,27 @@ impl BipBufProducer {
 
     fn wrap(&mut self) {
         let h = self.buf.header();
-        // Release: the frames below the old write are complete and visible to a
-        // consumer that sees this watermark. Stored before `write = 0`, and the
-        // consumer loads `write` before `watermark`, so a consumer that sees the
-        // new `write` also sees the new watermark.
-        h.watermark.store(self.write, Ordering::Release);
+        // `write = 0` is stored *before* the watermark (the spec, and 0.3.1,
+        // store them the other way round; the bytes are the same). A consumer
+        // loads `write` before the watermark, so with this order one that sees
+        // the new watermark also sees `write = 0` and can never mistake the
+        // pre-wrap `write` for new data (the race `try_read` guards against
+        // for producers that store the old way). In the short window where it
+        // sees `write = 0` but not yet the watermark, the ring looks empty to
+        // it, which is harmless: `write < read` with no watermark is read as
+        // "nothing yet", and a wrap is always followed by a wake-up.
+        // Release (both): the frames below the old write are complete and
+        // visible to a consumer that Acquires either value.
         h.write.store(0, Ordering::Release);
+        h.watermark.store(self.write, Ordering::Release);
         self.write = 0;
         self.wraps += 1;
+    }
+
+    /// `(write, cached_read, wraps)`, for diagnostics.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> (u32, u32, u64) {
+        (self.write, self.cached_read, self.wraps)
     }
 
     /// How many times this producer wrapped to the front.
@@ -509,12 +522,21 @@ pub struct BipBufConsumer {
     /// Bytes released locally but not yet published to the producer (see
     /// [`BipBufConsumer::release_deferred`]).
     unpublished: u32,
+    /// `(write, watermark)` as last loaded, for diagnostics.
+    last_seen: (u32, u32),
 }
 
 impl BipBufConsumer {
     /// The ring this handle reads.
     pub fn ring(&self) -> &BipBuf {
         &self.buf
+    }
+
+    /// `(read, known_end, unpublished, last loaded (write, watermark))`, for
+    /// diagnostics.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> (u32, u32, u32, (u32, u32)) {
+        (self.read, self.known_end, self.unpublished, self.last_seen)
     }
 
     /// Our read position (local copy). It changes on `release` and when
@@ -546,6 +568,7 @@ impl BipBufConsumer {
         // stored after a wrap we also see the watermark stored just before it.
         let write = self.buf.check("write", h.write.load(Ordering::Acquire))?;
         let watermark = self.buf.check("watermark", h.watermark.load(Ordering::Acquire))?;
+        self.last_seen = (write, watermark);
         if watermark == 0 {
             return Ok((self.read < write).then(|| self.region(self.read, write)));
         }
@@ -622,6 +645,11 @@ impl BipBufConsumer {
             return Ok(false);
         }
         Ok(self.flush())
+    }
+
+    /// True if some release is not yet published.
+    pub fn has_unpublished(&self) -> bool {
+        self.unpublished != 0
     }
 
     /// Publishes our position if any release is pending. Returns whether it did.

@@ -286,3 +286,87 @@ fn wake_on_demand_never_leaves_a_side_asleep() {
         producer.join().unwrap();
     });
 }
+
+/// One doorbell serving both halves of a link (spec B6), with the worst
+/// case a reactor may give: a signal wakes just one waiting half. The half
+/// that drains the socket must wake the other (`notify` below), or a signal
+/// meant for the other half can leave it asleep with work pending. Both halves
+/// register for both wake-ups before their last check, as the link does.
+#[test]
+fn a_drained_signal_never_strands_the_other_half() {
+    use loom::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
+    use loom::sync::{Condvar, Mutex};
+
+    /// The socket (bytes pending) plus per-half wake-up epochs, under one lock.
+    struct Bell {
+        state: Mutex<(u32, [u32; 2])>,
+        cv: Condvar,
+    }
+
+    model(|| {
+        let bell = Arc::new(Bell { state: Mutex::new((0, [0, 0])), cv: Condvar::new() });
+        let work = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+        let waiting = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+
+        let halves: Vec<_> = (0..2usize)
+            .map(|me| {
+                let (bell, work, waiting) = (bell.clone(), work.clone(), waiting.clone());
+                thread::spawn(move || {
+                    let other = 1 - me;
+                    loop {
+                        if work[me].load(Relaxed) {
+                            return;
+                        }
+                        // Register: remember our epoch (the Notify) ...
+                        let mut st = bell.state.lock().unwrap();
+                        let epoch = st.1[me];
+                        // ... and the socket's readiness: bytes already there?
+                        if st.0 > 0 {
+                            st.0 = 0;
+                            st.1[other] += 1; // wake the other half
+                            bell.cv.notify_all();
+                            continue;
+                        }
+                        drop(st);
+                        // Announce, then re-check (the C1 pairing: store, fence, load).
+                        waiting[me].store(1, Relaxed);
+                        fence(SeqCst);
+                        if work[me].load(Relaxed) {
+                            waiting[me].store(0, Relaxed);
+                            return;
+                        }
+                        let mut st = bell.state.lock().unwrap();
+                        // Sleep until bytes arrive or the other half wakes us.
+                        while st.0 == 0 && st.1[me] == epoch {
+                            st = bell.cv.wait(st).unwrap();
+                        }
+                        if st.0 > 0 {
+                            st.0 = 0;
+                            st.1[other] += 1; // the bytes may have been for it
+                        }
+                        bell.cv.notify_all();
+                        drop(st);
+                        waiting[me].store(0, Relaxed);
+                    }
+                })
+            })
+            .collect();
+
+        // The peer publishes work for each half and rings if it waits.
+        for who in 0..2 {
+            work[who].store(true, Relaxed);
+            fence(SeqCst);
+            if waiting[who].load(Relaxed) != 0 {
+                let mut st = bell.state.lock().unwrap();
+                st.0 += 1;
+                drop(st);
+                // The reactor wakes all sleepers here, but only one of them
+                // will find the byte; the other relies on the epoch.
+                bell.cv.notify_all();
+            }
+        }
+        for h in halves {
+            h.join().unwrap();
+        }
+    });
+}

@@ -226,3 +226,100 @@ async fn a_hostile_guest_fails_only_its_own_link() {
     assert!(recv(&mut good_rx).await.unwrap().is_none());
     finish(good_child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_walks_in_over_bootstrap_with_nothing_inherited() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    let sock = dir.path().join("control.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    // A plain spawn: no descriptor and no environment variable is passed.
+    let child = std::process::Command::new(PEER)
+        .args(["bootstrap", sock.to_str().unwrap(), "sid-42"])
+        .env_remove("SHM_MMAP_TX_FD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let link = tokio::time::timeout(
+        LIMIT,
+        vox_shm::bootstrap::serve_one(&listener, &hub, |sid| sid == b"sid-42", vox_shm::LinkOptions::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (tx, mut rx) = link.split();
+    for (seq, len) in [7usize, 3000, 9000, 200_000].into_iter().enumerate() {
+        send(&tx, seq as u64, len).await.unwrap();
+        check_payload(seq as u64, len, recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
+    }
+    tx.close().await.unwrap();
+    assert!(recv(&mut rx).await.unwrap().is_none());
+    let out = finish(child).await;
+    let inherited = out.lines().find(|l| l.starts_with("inherited:")).expect("the peer lists its descriptors");
+    for ours in ["socket:", "seg.shm", "memfd:"] {
+        assert!(!inherited.contains(ours), "the guest inherited one of our descriptors: {inherited}");
+    }
+}
+
+/// B7: host-side descriptors are close-on-exec and the guest's ends are
+/// closed in the host right after the spawn, so an unrelated child started
+/// later holds none of them and cannot keep a dead guest looking alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_child_inherits_nothing_and_cannot_mask_a_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    let (link, mut guest) = spawn(PEER, &hub, &["idle"]);
+    let (_tx, mut rx) = link.split();
+    let mut bystander = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", bystander.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    for f in &fds {
+        assert!(
+            !f.starts_with("socket:") && !f.contains("memfd:") && !f.contains("seg.shm"),
+            "a later child inherited {f} (all: {fds:?})"
+        );
+    }
+    guest.kill().unwrap();
+    guest.wait().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), vox_shm::LinkRx::recv(&mut rx))
+        .await
+        .expect("death seen while the bystander lives");
+    assert!(matches!(end, Err(vox_shm::ShmLinkRxError::PeerDead { .. })), "{end:?}");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
+/// Two host/guest pairs streaming full duplex at once on two cores: the
+/// contention that exposed two lost-wake-up bugs (a receiver sleeping on
+/// unpublished releases; a signal drained by the other half of a link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_pairs_under_contention_never_stall() {
+    const N: u64 = 60_000;
+    let run = |_: u32| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+        let (link, child) = spawn(PEER, &hub, &["duplex", &N.to_string()]);
+        let (tx, mut rx) = link.split();
+        let sender = tokio::spawn(async move {
+            for seq in 0..N {
+                send(&tx, seq, mixed(seq)).await.unwrap();
+            }
+            tx
+        });
+        for seq in 0..N {
+            let m = recv(&mut rx).await.unwrap().unwrap_or_else(|| panic!("end of stream at {seq}"));
+            check_payload(seq, mixed(seq), m.as_bytes()).unwrap();
+        }
+        let tx = sender.await.unwrap();
+        tx.close().await.unwrap();
+        assert!(recv(&mut rx).await.unwrap().is_none());
+        finish(child).await;
+    };
+    let (a, b) = tokio::join!(tokio::spawn(run(0)), tokio::spawn(run(1)));
+    a.unwrap();
+    b.unwrap();
+}

@@ -251,15 +251,18 @@ pub fn guest_link_from_ticket(
     ticket: GuestSpawnTicket,
     claim_reserved: bool,
 ) -> io::Result<ShmLink> {
-    guest_link_from_parts(
-        segment,
-        ticket.peer_id,
-        ticket.doorbell,
-        ticket.mmap_tx_fd,
-        ticket.mmap_rx,
-        claim_reserved,
-        LinkOptions::default(),
-    )
+    guest_link_from_ticket_with(segment, ticket, claim_reserved, LinkOptions::default())
+}
+
+/// [`guest_link_from_ticket`] with link options.
+pub fn guest_link_from_ticket_with(
+    segment: Arc<Segment>,
+    ticket: GuestSpawnTicket,
+    claim_reserved: bool,
+    options: LinkOptions,
+) -> io::Result<ShmLink> {
+    let GuestSpawnTicket { peer_id, doorbell, mmap_rx, mmap_tx_fd } = ticket;
+    guest_link_from_parts(segment, peer_id, doorbell, mmap_tx_fd, mmap_rx, claim_reserved, options)
 }
 
 fn guest_link_from_parts(

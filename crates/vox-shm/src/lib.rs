@@ -5,6 +5,7 @@
 //! a bidirectional link made of two single-producer rings in the segment.
 
 mod async_lock;
+pub mod bootstrap;
 pub mod framing;
 pub mod host;
 pub mod inspect;

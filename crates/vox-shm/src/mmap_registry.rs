@@ -32,8 +32,14 @@ use crate::framing::MmapRef;
 pub const REGION_HEADER_SIZE: u64 = 64;
 /// Default region size.
 pub const DEFAULT_REGION_SIZE: usize = 1 << 20;
-/// Default bound on the bytes of regions one sending side keeps.
+/// Default bound on the bytes of regions one sending side keeps, when the
+/// receiver reports releases (C4) so regions are reused.
 pub const DEFAULT_MAPPING_BUDGET: u64 = 64 << 20;
+/// Default bound when the receiver cannot report releases (vox-shm 0.3.1):
+/// regions are then never reused, so this is how much a sender lets such a
+/// receiver pin before `alloc` fails with `OutOfMemory` (0.3.1 itself grows
+/// without bound).
+pub const DEFAULT_LEGACY_MAPPING_BUDGET: u64 = 1 << 30;
 /// Most mappings a receiver keeps for one link.
 pub const MAX_ATTACHED_MAPPINGS: usize = 4096;
 /// Most bytes of mappings a receiver keeps for one link.
@@ -112,6 +118,7 @@ pub struct MmapRegistry {
     control: MmapControlSender,
     region_size: usize,
     budget: u64,
+    legacy_budget: u64,
     reuse: bool,
     stats: RegistryStats,
 }
@@ -127,20 +134,36 @@ fn round_up(x: u64, to: u64) -> u64 {
 }
 
 impl MmapRegistry {
-    /// A registry announcing regions on `control`. The budget is raised to
-    /// at least two regions of `max_payload` so the largest payload always fits.
-    pub fn new(control: MmapControlSender, region_size: usize, budget: u64, max_payload: u32) -> Self {
+    /// A registry announcing regions on `control`. `budget` applies once
+    /// reuse is on (the receiver reports releases), `legacy_budget` until then.
+    /// Both are raised to at least two regions of `max_payload`, so the largest
+    /// payload always fits.
+    pub fn new(
+        control: MmapControlSender,
+        region_size: usize,
+        budget: u64,
+        legacy_budget: u64,
+        max_payload: u32,
+    ) -> Self {
         control.set_send_buffer(1 << 20);
         let region_size = region_size.max(4096);
         let largest = round_up(REGION_HEADER_SIZE + u64::from(max_payload), 4096).max(region_size as u64);
-        let budget = budget.max(2 * largest);
         MmapRegistry {
             regions: Vec::new(),
             control,
             region_size,
-            budget,
+            budget: budget.max(2 * largest),
+            legacy_budget: legacy_budget.max(2 * largest),
             reuse: false,
             stats: RegistryStats::default(),
+        }
+    }
+
+    fn budget(&self) -> u64 {
+        if self.reuse {
+            self.budget
+        } else {
+            self.legacy_budget
         }
     }
 
@@ -152,7 +175,7 @@ impl MmapRegistry {
     /// `reserve` waits on this when the peer reports releases (C4).
     pub fn can_alloc(&self, len: u32) -> bool {
         let need = u64::from(len);
-        self.stats.bytes_mapped + self.region_size_for(need) <= self.budget
+        self.stats.bytes_mapped + self.region_size_for(need) <= self.budget()
             || self.regions.iter().any(|r| r.cursor + need <= r.size() || (self.reuse && r.drained()))
     }
 
@@ -206,14 +229,15 @@ impl MmapRegistry {
             usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too large"))?;
         // Over budget: give a drained region's id a new, fitting file.
         let mut slot = None;
-        if self.stats.bytes_mapped + size > self.budget {
+        if self.stats.bytes_mapped + size > self.budget() {
             slot = self.regions.iter().position(|r| self.reuse && r.drained());
             if slot.is_none() {
                 return Err(io::Error::new(
                     io::ErrorKind::OutOfMemory,
                     format!(
-                        "mapping budget of {} bytes is used up by payloads the receiver has not released",
-                        self.budget
+                        "mapping budget of {} bytes is used up by payloads the receiver has not released{}",
+                        self.budget(),
+                        if self.reuse { "" } else { " (it cannot report releases: vox-shm 0.3.1)" }
                     ),
                 ));
             }

@@ -40,11 +40,13 @@ use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
 use shm_primitives::{Features, PeerId};
 use shm_primitives_async::control::{MmapControlReceiver, MmapControlSender};
 use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle, SignalResult};
+use tokio::sync::Notify;
 
 use crate::framing::{self, Frame, FrameError, MmapRef, MMAP_REF_ENTRY_SIZE, SLOT_LEN_PREFIX, SLOT_REF_ENTRY_SIZE};
 use crate::link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, TransportMode, WriteSlot};
 use crate::mmap_registry::{
-    MmapAllocation, MmapAttachments, MmapRegistry, MmapResolveError, DEFAULT_MAPPING_BUDGET, DEFAULT_REGION_SIZE,
+    MmapAllocation, MmapAttachments, MmapRegistry, MmapResolveError, DEFAULT_LEGACY_MAPPING_BUDGET,
+    DEFAULT_MAPPING_BUDGET, DEFAULT_REGION_SIZE,
 };
 use crate::segment::{sender_owner, RingClaim, RingEnd, Segment, OWNER_HOST};
 
@@ -82,8 +84,55 @@ pub struct LinkOptions {
     pub mmap_region_size: usize,
     /// How long a receiver waits for a mapping region's late announcement.
     pub mmap_attach_timeout: Duration,
-    /// Most bytes of mapping regions the sending side keeps alive.
+    /// Most bytes of mapping regions the sending side keeps alive, with a
+    /// receiver that reports releases (ours).
     pub mmap_budget: u64,
+    /// The same bound for a receiver that cannot report releases (vox-shm
+    /// 0.3.1), whose regions are never reused.
+    pub mmap_budget_legacy: u64,
+    /// If set, a half that sleeps longer than this prints its internal state
+    /// to stderr (then keeps waiting): a tool for diagnosing hangs. Default:
+    /// the `VOX_SHM_STALL_REPORT_MS` environment variable, else off.
+    pub stall_report: Option<Duration>,
+}
+
+fn stall_report_from_env() -> Option<Duration> {
+    std::env::var("VOX_SHM_STALL_REPORT_MS").ok()?.parse().ok().map(Duration::from_millis)
+}
+
+/// Awaits the doorbell or a wake-up from the other half (`None`); with a stall
+/// report configured, prints `state()` each time the wait exceeds it.
+async fn sleep_on<F, N>(
+    mut bell: std::pin::Pin<&mut F>,
+    mut notified: std::pin::Pin<&mut N>,
+    sh: &Shared,
+    state: impl Fn() -> String,
+) -> Option<F::Output>
+where
+    F: std::future::Future,
+    N: std::future::Future<Output = ()>,
+{
+    let Some(every) = sh.options.stall_report else { return bell_or_notify(bell, notified).await };
+    loop {
+        match tokio::time::timeout(every, bell_or_notify(bell.as_mut(), notified.as_mut())).await {
+            Ok(v) => return v,
+            Err(_) => eprintln!(
+                "vox-shm: pid {} peer {} {:?} waiting for {every:?}+: {}; doorbell: {} signals sent, {} wake-ups, {:?} bytes pending; negotiated {:?}",
+                std::process::id(),
+                sh.peer,
+                sh.side,
+                state(),
+                sh.counters.doorbell_signals.load(Ordering::Relaxed),
+                sh.counters.doorbell_wakeups.load(Ordering::Relaxed),
+                sh.doorbell.pending_bytes().ok(),
+                negotiated_of_shared(sh),
+            ),
+        }
+    }
+}
+
+fn negotiated_of_shared(sh: &Shared) -> Option<Features> {
+    sh.peer_features().map(|p| p.intersect(sh.ours))
 }
 
 impl Default for LinkOptions {
@@ -94,6 +143,8 @@ impl Default for LinkOptions {
             mmap_region_size: DEFAULT_REGION_SIZE,
             mmap_attach_timeout: Duration::from_secs(2),
             mmap_budget: DEFAULT_MAPPING_BUDGET,
+            mmap_budget_legacy: DEFAULT_LEGACY_MAPPING_BUDGET,
+            stall_report: stall_report_from_env(),
         }
     }
 }
@@ -170,6 +221,12 @@ struct Shared {
     peer: PeerId,
     side: Side,
     doorbell: Doorbell,
+    /// Wakes the receiving half when the sending half drained the doorbell
+    /// (and the other way round): a drained byte may have been meant for the
+    /// other half, and waking it must not depend on how the reactor wakes
+    /// several waiters of one descriptor (B6).
+    rx_notify: Notify,
+    tx_notify: Notify,
     peer_gone: AtomicBool,
     /// Set when the sending half is dropped while a permit is outstanding; the
     /// permit finishes the close.
@@ -220,6 +277,8 @@ impl Shared {
 
     fn mark_gone(&self) {
         self.peer_gone.store(true, Ordering::Release);
+        self.rx_notify.notify_waiters();
+        self.tx_notify.notify_waiters();
     }
 
     /// Waits for the doorbell (registered by the caller before its last check)
@@ -229,6 +288,9 @@ impl Shared {
             Ok(d) if !d.peer_gone => {
                 if d.bytes > 0 {
                     bump_shared(&self.counters.doorbell_wakeups);
+                    // The signal may have been for the other half.
+                    self.rx_notify.notify_waiters();
+                    self.tx_notify.notify_waiters();
                 }
             }
             _ => self.mark_gone(),
@@ -342,6 +404,24 @@ async fn heartbeat_watch(shared: Weak<Shared>, interval: Duration) {
             return;
         }
     }
+}
+
+/// The doorbell drain, or a wake-up from the other half: whichever comes first.
+async fn bell_or_notify<B, N>(mut bell: std::pin::Pin<&mut B>, mut notified: std::pin::Pin<&mut N>) -> Option<B::Output>
+where
+    B: std::future::Future,
+    N: std::future::Future<Output = ()>,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(d) = bell.as_mut().poll(cx) {
+            return Poll::Ready(Some(d));
+        }
+        if notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Polls a future once with the current task's context (registering its waker)
@@ -536,6 +616,8 @@ impl ShmLink {
             peer,
             side,
             doorbell,
+            rx_notify: Notify::new(),
+            tx_notify: Notify::new(),
             peer_gone: AtomicBool::new(false),
             close_pending: AtomicBool::new(false),
             ours,
@@ -560,8 +642,13 @@ impl ShmLink {
                 Side::Guest => !segment.host_features().is_empty(),
                 Side::Host => false, // decided per region below once known
             };
-        let registry =
-            MmapRegistry::new(control_tx, options.mmap_region_size, options.mmap_budget, segment.max_payload_size());
+        let registry = MmapRegistry::new(
+            control_tx,
+            options.mmap_region_size,
+            options.mmap_budget,
+            options.mmap_budget_legacy,
+            segment.max_payload_size(),
+        );
         let tx = ShmLinkTx {
             state: Arc::new(AsyncLock::new(TxState {
                 producer,
@@ -600,8 +687,7 @@ impl ShmLink {
 
     /// The features in use on this link (ours ∩ the peer's, once known).
     pub fn negotiated_features(&self) -> Option<Features> {
-        let s = &self.tx.core;
-        s.peer_features().map(|p| p.intersect(s.ours))
+        self.tx.negotiated_features()
     }
 }
 
@@ -627,7 +713,28 @@ fn snapshot(shared: &Shared, registry: Option<&MmapRegistry>) -> ShmTransportSta
     s
 }
 
+fn negotiated_of(core: &Core) -> Option<Features> {
+    core.peer_features().map(|p| p.intersect(core.ours))
+}
+
 impl ShmLinkTx {
+    /// Internal state for diagnosing a stall (not a stable interface).
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        let (w, m, r) = self.core.tx_ring.positions();
+        let local = self.state.try_lock().map(|g| format!("{:?}", g.producer.debug_state()));
+        format!(
+            "tx: local (write, cached_read, wraps) {local:?}; shared w {w} wm {m} r {r}; producer_waiting {}",
+            self.core.tx_ring.header().producer_waiting().load(Ordering::Relaxed)
+        )
+    }
+
+    /// The extensions in use on this link (ours ∩ the peer's), once the peer's
+    /// are known.
+    pub fn negotiated_features(&self) -> Option<Features> {
+        negotiated_of(&self.core)
+    }
+
     /// Counters of the link.
     pub fn stats(&self) -> ShmTransportStatsSnapshot {
         let reg = self.state.try_lock();
@@ -671,7 +778,10 @@ impl ShmLinkTx {
             if poller.keep_polling().await {
                 continue;
             }
-            // Park: register for the wake-up, announce, re-check, sleep.
+            // Park: register for both wake-ups (the doorbell, and the other
+            // half having drained it), announce, re-check, sleep.
+            let mut notified = pin!(sh.tx_notify.notified());
+            notified.as_mut().enable();
             let mut bell = pin!(sh.doorbell.readable_drain());
             if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
                 sh.note_drain(d); // already rung: look again
@@ -685,7 +795,19 @@ impl ShmLinkTx {
             let done = sh.gone() || attempt(st)?;
             if !done {
                 bump(&sh.counters.reserve_waits);
-                sh.note_drain(bell.await);
+                let d = sleep_on(bell.as_mut(), notified.as_mut(), sh, || {
+                    let (w, m, r) = sh.tx_ring.positions();
+                    format!(
+                        "reserve of {need} B: local {:?}, shared w {w} wm {m} r {r}, producer_waiting {}, consumer_waiting {}",
+                        st.producer.debug_state(),
+                        sh.tx_ring.header().producer_waiting().load(Ordering::Relaxed),
+                        sh.tx_ring.header().consumer_waiting().load(Ordering::Relaxed)
+                    )
+                })
+                .await;
+                if let Some(d) = d {
+                    sh.note_drain(d);
+                }
             }
             if announce {
                 stop_waiting(flag);
@@ -1007,6 +1129,19 @@ impl Drop for SlotBacking {
 }
 
 impl ShmLinkRx {
+    /// Internal state for diagnosing a stall (not a stable interface).
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        let (read, known_end, unpublished, _) = self.consumer.debug_state();
+        let (w, m, r) = self.core.rx_ring.positions();
+        format!(
+            "rx: local read {read} known_end {known_end} unpublished {unpublished}; shared w {w} wm {m} r {r}; consumer_waiting {} gone {} negotiated {:?}",
+            self.core.rx_ring.header().consumer_waiting().load(Ordering::Relaxed),
+            self.core.gone(),
+            negotiated_of(&self.core)
+        )
+    }
+
     /// Counters of the link.
     pub fn stats(&self) -> ShmTransportStatsSnapshot {
         snapshot(&self.core, None)
@@ -1033,8 +1168,15 @@ impl ShmLinkRx {
         let region = match read {
             Ok(Some(r)) => r,
             Ok(None) => {
-                if self.consumer.position() != before {
-                    // A drained tail was handed back: that is free space.
+                // The ring looks empty. If the producer waits for space, publish
+                // the deferred releases now (it may be waiting for exactly
+                // that). Its flag shares the cache line of `write`, which we
+                // just loaded, so looking is nearly free; before we sleep we
+                // publish regardless (see `recv_inner`). A drained tail handed
+                // back counts as freed space too.
+                let producer_waits = self.core.rx_ring.header().producer_waiting().load(Ordering::Relaxed) != 0;
+                let flushed = self.consumer.has_unpublished() && producer_waits && self.consumer.flush();
+                if flushed || self.consumer.position() != before {
                     self.core.wake_peer_producer();
                 }
                 return Ok(Step::Empty);
@@ -1166,7 +1308,14 @@ impl ShmLinkRx {
             if poller.keep_polling().await {
                 continue;
             }
+            // About to sleep: publish every deferred release first, so a
+            // producer never waits for space we hold.
+            if self.consumer.flush() {
+                self.core.wake_peer_producer();
+            }
             let sh = self.core.shared.clone();
+            let mut notified = pin!(sh.rx_notify.notified());
+            notified.as_mut().enable();
             let mut bell = pin!(sh.doorbell.readable_drain());
             if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
                 sh.note_drain(d); // already rung: look again
@@ -1182,7 +1331,20 @@ impl ShmLinkRx {
                 matches!(step, Ok(Step::Empty)) && !self.consumer.wrap_pending() && !sh.gone() && !sh.peer_closed();
             if idle {
                 bump(&sh.counters.recv_waits);
-                sh.note_drain(bell.await);
+                let consumer = &self.consumer;
+                let d = sleep_on(bell.as_mut(), notified.as_mut(), &sh, || {
+                    let (w, m, r) = sh.rx_ring.positions();
+                    format!(
+                        "recv: local (read, known_end, unpublished, last seen (write, wm)) {:?}, shared w {w} wm {m} r {r}, consumer_waiting {}, producer_waiting {}",
+                        consumer.debug_state(),
+                        sh.rx_ring.header().consumer_waiting().load(Ordering::Relaxed),
+                        sh.rx_ring.header().producer_waiting().load(Ordering::Relaxed)
+                    )
+                })
+                .await;
+                if let Some(d) = d {
+                    sh.note_drain(d);
+                }
             }
             if announce {
                 stop_waiting(flag);

@@ -164,4 +164,88 @@ mod negotiation {
         let err = hrx.recv().await.unwrap_err();
         assert!(matches!(err, ShmLinkRxError::MmapResolve { .. }), "{err:?}");
     }
+
+    /// With a receiver that reports releases, mapping regions are reused and
+    /// far more than the budget flows through; with one that cannot (0.3.1),
+    /// the sender stops at the legacy bound with a typed error instead of
+    /// growing without limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mapping_budgets_bound_what_a_receiver_can_pin() {
+        let big = 1 << 20;
+        for (guest_features, expect_limit) in [(Features::ALL, false), (Features::NONE, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let host = LinkOptions { mmap_budget: 4 << 20, mmap_budget_legacy: 8 << 20, ..LinkOptions::default() };
+            let guest = LinkOptions { features: guest_features, ..LinkOptions::default() };
+            // Largest payload 2 MiB, so the budgets are not raised past what is
+            // configured (they never go below two of the largest regions).
+            let classes = [SizeClassConfig { slot_size: 4096, slot_count: 16 }];
+            let cfg = SegmentConfig { max_payload_size: 2 << 20, size_classes: &classes, ..SegmentConfig::default() };
+            let seg = Arc::new(Segment::create(&dir.path().join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap());
+            let (h, g) = create_test_link_pair_with(seg, host, guest).await.unwrap();
+            let (htx, _hrx) = h.split();
+            let (_gtx, mut grx) = g.split();
+            let receiver = tokio::spawn(async move {
+                let mut n = 0u32;
+                while let Ok(Some(m)) = grx.recv().await {
+                    assert_eq!(m.as_bytes().len(), big);
+                    n += 1;
+                }
+                n
+            });
+            let mut sent = 0u32;
+            let mut limit = None;
+            for _ in 0..40 {
+                let p = htx.reserve().await.unwrap();
+                match p.alloc(big) {
+                    Ok(mut s) => {
+                        s.as_mut_slice()[0] = 1;
+                        s.commit();
+                        sent += 1;
+                    }
+                    Err(e) => {
+                        limit = Some(e.kind());
+                        break;
+                    }
+                }
+            }
+            if expect_limit {
+                assert_eq!(limit, Some(std::io::ErrorKind::OutOfMemory), "legacy bound reached");
+                assert!((6..=8).contains(&sent), "about 8 MiB of 1 MiB regions: {sent}");
+            } else {
+                assert_eq!((limit, sent), (None, 40), "40 MiB through a 4 MiB budget by reuse");
+                assert!(htx.stats().mmap_regions_reused > 0);
+            }
+            drop(htx);
+            assert_eq!(tokio::time::timeout(Duration::from_secs(30), receiver).await.unwrap().unwrap(), sent);
+        }
+    }
+}
+
+/// Releases are published in batches between our peers; a receiver that runs
+/// out of messages must publish everything before it sleeps, or a sender can
+/// wait forever for space that is already free (a stall found by stress).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_receiver_has_published_every_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = [SizeClassConfig { slot_size: 4096, slot_count: 8 }];
+    let cfg =
+        SegmentConfig { max_guests: 1, bipbuf_capacity: 4096, size_classes: &classes, ..SegmentConfig::default() };
+    let seg = Arc::new(Segment::create(&dir.path().join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap());
+    let (host, guest) = create_test_link_pair(seg.clone()).await.unwrap();
+    let (htx, _hrx) = host.split();
+    let (_gtx, mut grx) = guest.split();
+    for n in [1usize, 3, 7] {
+        for _ in 0..n {
+            let mut s = htx.reserve().await.unwrap().alloc(40).unwrap();
+            s.as_mut_slice().fill(1);
+            s.commit();
+        }
+        for _ in 0..n {
+            grx.recv().await.unwrap().unwrap();
+        }
+        // Nothing left: this receive parks (and times out).
+        assert!(tokio::time::timeout(Duration::from_millis(100), grx.recv()).await.is_err());
+        let (w, _, r) = seg.h2g_bipbuf(vox_shm::PeerId::new(1).unwrap()).unwrap().positions();
+        assert_eq!(r, w, "after {n} messages the receiver slept with unpublished releases");
+    }
 }

@@ -16,6 +16,7 @@
 //! shm-test-peer send-forever SIZE    send numbered messages until killed
 //! shm-test-peer idle                 claim the slot and never receive
 //! shm-test-peer hostile KIND         commit a bad entry (garbage|bad-slot|bad-mmap|huge-len) and wait
+//! shm-test-peer bootstrap SOCK SID   walk in over a control socket (no inherited fds), then echo
 //! ```
 //! Exit codes: 0 success, 2 usage, 3 refused (expected error), 4 check failed.
 
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["bootstrap", sock, sid, ..] => bootstrap_echo(Path::new(sock), sid),
         [mode, ..] => link_mode(mode, &args),
         [] => {
             eprintln!("usage: see the source");
@@ -172,6 +174,36 @@ async fn expect_end(rx: &mut impl LinkRx) -> Res {
         None => Ok(()),
         Some(m) => Err(format!("expected end of stream, got {} bytes", m.as_bytes().len()).into()),
     }
+}
+
+/// Walks in over the host's control socket with nothing inherited, then
+/// echoes until end of stream.
+fn bootstrap_echo(sock: &Path, sid: &str) -> Res {
+    // List what we inherited beyond stdio (a test harness may pass its own
+    // pipes down; sockets, segments or memfds would be ours).
+    let mut inherited = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd")? {
+        let p = e?.path();
+        let n: i32 = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).unwrap_or(-1);
+        if n > 2 {
+            if let Ok(target) = std::fs::read_link(&p) {
+                inherited.push(target.display().to_string());
+            }
+        }
+    }
+    println!("inherited: {inherited:?}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (_seg, link) = vox_shm::bootstrap::connect(sock, sid.as_bytes(), LinkOptions::default()).await?;
+        let (tx, mut rx) = link.split();
+        while let Some(m) = rx.recv().await? {
+            let mut s = tx.reserve().await?.alloc(m.as_bytes().len())?;
+            s.as_mut_slice().copy_from_slice(m.as_bytes());
+            s.commit();
+        }
+        tx.close().await?;
+        Ok(())
+    })
 }
 
 /// A guest that breaks the protocol on purpose: it claims its slot and then,

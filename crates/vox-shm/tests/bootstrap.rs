@@ -1,0 +1,58 @@
+//! Bootstrap over a real Unix control socket, host and guest in one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use vox_shm::bootstrap::{connect, serve_one, BootstrapError};
+use vox_shm::host::HostHub;
+use vox_shm::{FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, WriteSlot};
+
+fn hub(dir: &std::path::Path) -> HostHub {
+    let cfg = SegmentConfig { max_guests: 2, bipbuf_capacity: 8192, ..SegmentConfig::default() };
+    HostHub::new(Arc::new(Segment::create(&dir.join("seg"), cfg, FileCleanup::UnlinkOnDrop).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_in_guest_gets_a_working_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let sock = dir.path().join("bootstrap.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let host = tokio::spawn({
+        let hub = hub.clone();
+        async move { serve_one(&listener, &hub, |sid| sid == b"secret", LinkOptions::default()).await }
+    });
+    let (seg, guest) = connect(&sock, b"secret", LinkOptions::default()).await.unwrap();
+    let host = tokio::time::timeout(Duration::from_secs(10), host).await.unwrap().unwrap().unwrap();
+    assert_eq!(host.peer_id(), guest.peer_id());
+    assert_eq!(seg.layout(), hub.segment().layout());
+    let (gtx, _grx) = guest.split();
+    let (_htx, mut hrx) = host.split();
+    for len in [10usize, 5000, 300_000] {
+        let mut s = gtx.reserve().await.unwrap().alloc(len).unwrap();
+        s.as_mut_slice().fill(len as u8);
+        s.commit();
+        let m = hrx.recv().await.unwrap().unwrap();
+        assert_eq!(m.as_bytes().len(), len);
+        assert!(m.as_bytes().iter().all(|&b| b == len as u8));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_session_id_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path());
+    let sock = dir.path().join("bootstrap.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let host = tokio::spawn({
+        let hub = hub.clone();
+        async move { serve_one(&listener, &hub, |sid| sid == b"secret", LinkOptions::default()).await.map(|_| ()) }
+    });
+    match connect(&sock, b"guess", LinkOptions::default()).await {
+        Err(BootstrapError::Rejected(why)) => assert!(why.contains("session id"), "{why}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    assert!(matches!(host.await.unwrap(), Err(BootstrapError::Rejected(_))));
+    assert!(hub.segment().peer_table().iter().all(|(_, e)| e.state() == shm_primitives::PeerState::Empty));
+}
