@@ -168,3 +168,15 @@ pub fn parse_guest_args(args: &[String]) -> Res<GuestArgv> {
 pub const RING: u32 = 4096;
 pub const MAX_PAYLOAD: u32 = 4 << 20;
 pub const CLASSES: [(u32, u32); 3] = [(1024, 64), (16 * 1024, 32), (128 * 1024, 8)];
+
+/// The end of every host run: waits for the guest, removes the run's
+/// directory, and passes only if the guest exited successfully.
+pub async fn reap_guest(mut child: std::process::Child, dir: &std::path::Path) -> Res {
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let _ = std::fs::remove_dir_all(dir);
+    if !status.success() {
+        return Err(format!("guest failed: {status}").into());
+    }
+    println!("PASS");
+    Ok(())
+}

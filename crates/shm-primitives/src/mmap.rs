@@ -40,8 +40,7 @@ pub const DEFAULT_FILE_MODE: u32 = 0o600;
 
 /// A shared, read-write mapping of a whole file.
 pub struct MmapRegion {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Mapping,
     file: File,
     path: Option<PathBuf>,
     cleanup: FileCleanup,
@@ -58,7 +57,7 @@ unsafe impl Sync for MmapRegion {}
 impl std::fmt::Debug for MmapRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmapRegion")
-            .field("len", &self.len)
+            .field("len", &self.map.len)
             .field("fd", &self.file.as_raw_fd())
             .field("path", &self.path)
             .field("cleanup", &self.cleanup)
@@ -66,11 +65,11 @@ impl std::fmt::Debug for MmapRegion {
     }
 }
 
-fn map_shared(file: &File, len: usize) -> io::Result<NonNull<u8>> {
+fn map_shared(file: &File, len: usize) -> io::Result<Mapping> {
     map_with(file, len, libc::PROT_READ | libc::PROT_WRITE)
 }
 
-fn map_with(file: &File, len: usize, prot: libc::c_int) -> io::Result<NonNull<u8>> {
+fn map_with(file: &File, len: usize, prot: libc::c_int) -> io::Result<Mapping> {
     if len == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
     }
@@ -80,12 +79,14 @@ fn map_with(file: &File, len: usize, prot: libc::c_int) -> io::Result<NonNull<u8
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))
+    let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+    Ok(Mapping { ptr, len })
 }
 
 fn unmap(ptr: NonNull<u8>, len: usize) {
-    // SAFETY: (ptr, len) is exactly a mapping created by `map_shared` and not yet
-    // unmapped; callers drop every view into it before this runs.
+    // SAFETY: (ptr, len) is exactly a mapping created by `map_with` and not yet
+    // unmapped (only `Mapping::drop` calls this, once); views into it must not
+    // outlive it (the `Region` contract).
     let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
     debug_assert_eq!(rc, 0, "munmap failed: {}", io::Error::last_os_error());
 }
@@ -117,8 +118,8 @@ impl MmapRegion {
         };
         file.set_permissions(Permissions::from_mode(mode)).map_err(cleanup_on_error)?;
         file.set_len(size as u64).map_err(cleanup_on_error)?;
-        let ptr = map_shared(&file, size).map_err(cleanup_on_error)?;
-        let mut region = Self { ptr, len: size, file, path: Some(path.to_owned()), cleanup, owner: true };
+        let map = map_shared(&file, size).map_err(cleanup_on_error)?;
+        let mut region = Self { map, file, path: Some(path.to_owned()), cleanup, owner: true };
         if cleanup == FileCleanup::Auto {
             std::fs::remove_file(path)?;
             region.path = None;
@@ -136,8 +137,8 @@ impl MmapRegion {
         file.set_len(size as u64)?;
         #[cfg(target_os = "linux")]
         seal_against_shrinking(&file)?;
-        let ptr = map_shared(&file, size)?;
-        Ok(Self { ptr, len: size, file, path: None, cleanup: FileCleanup::Auto, owner: true })
+        let map = map_shared(&file, size)?;
+        Ok(Self { map, file, path: None, cleanup: FileCleanup::Auto, owner: true })
     }
 
     /// Opens the file at `path` read-write and maps its whole length.
@@ -157,8 +158,7 @@ impl MmapRegion {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "file is empty"));
         }
-        let ptr = map_with(&file, len, libc::PROT_READ)?;
-        Ok(Mapping { ptr, len })
+        map_with(&file, len, libc::PROT_READ)
     }
 
     /// Maps the whole length of an open file descriptor (read-write).
@@ -178,8 +178,8 @@ impl MmapRegion {
                 format!("file holds {have} bytes, {len} were announced"),
             ));
         }
-        let ptr = map_shared(&file, len)?;
-        Ok(Self { ptr, len, file, path: None, cleanup: FileCleanup::Manual, owner: false })
+        let map = map_shared(&file, len)?;
+        Ok(Self { map, file, path: None, cleanup: FileCleanup::Manual, owner: false })
     }
 
     fn attach_file(file: File) -> io::Result<Self> {
@@ -187,25 +187,24 @@ impl MmapRegion {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "file is empty"));
         }
-        let ptr = map_shared(&file, len)?;
-        Ok(Self { ptr, len, file, path: None, cleanup: FileCleanup::Manual, owner: false })
+        let map = map_shared(&file, len)?;
+        Ok(Self { map, file, path: None, cleanup: FileCleanup::Manual, owner: false })
     }
 
-    /// A view of the mapped bytes, valid while `self` is alive and not remapped.
+    /// A view of the mapped bytes, valid while `self` is alive and not
+    /// remapped (remapping needs `&mut self`).
     pub fn region(&self) -> Region {
-        // SAFETY: mmap returns page-aligned memory (so 64-aligned) that stays
-        // mapped until `self` is dropped or remapped through `&mut self`.
-        unsafe { Region::from_raw(self.ptr, self.len) }
+        self.map.region()
     }
 
     /// Mapped length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// True if nothing is mapped (never the case for a constructed region).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.is_empty()
     }
 
     /// The file's path, if it has one (not for `Auto` or anonymous regions).
@@ -232,10 +231,10 @@ impl MmapRegion {
     /// changes: every `Region` taken before is invalid afterwards, which the
     /// `&mut self` receiver enforces for safe code.
     pub fn resize(&mut self, new_size: usize) -> io::Result<()> {
-        if new_size < self.len {
+        if new_size < self.map.len {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "shrinking a mapped region is refused"));
         }
-        if new_size == self.len {
+        if new_size == self.map.len {
             return Ok(());
         }
         self.file.set_len(new_size as u64)?;
@@ -245,7 +244,7 @@ impl MmapRegion {
     /// Re-maps to `wanted` bytes if the file has grown to at least that size and
     /// the mapping is smaller. Returns whether a remap happened.
     pub fn check_and_remap(&mut self, wanted: usize) -> io::Result<bool> {
-        if wanted <= self.len {
+        if wanted <= self.map.len {
             return Ok(false);
         }
         let have = file_len(&self.file)?;
@@ -260,10 +259,8 @@ impl MmapRegion {
     }
 
     fn remap(&mut self, new_len: usize) -> io::Result<()> {
-        let new_ptr = map_shared(&self.file, new_len)?;
-        unmap(self.ptr, self.len);
-        self.ptr = new_ptr;
-        self.len = new_len;
+        // The old mapping is unmapped when it is replaced.
+        self.map = map_shared(&self.file, new_len)?;
         Ok(())
     }
 }
@@ -271,15 +268,10 @@ impl MmapRegion {
 impl MmapRegion {
     /// Keeps only the mapping: closes the descriptor (a mapping stays valid
     /// without it). No file is unlinked by the result.
-    pub fn into_mapping(self) -> Mapping {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again; each field is moved out
-        // exactly once (the file and path are dropped here, closing the fd).
-        unsafe {
-            drop(std::ptr::read(&this.file));
-            drop(std::ptr::read(&this.path));
-        }
-        Mapping { ptr: this.ptr, len: this.len }
+    pub fn into_mapping(mut self) -> Mapping {
+        self.owner = false; // nothing to unlink on the way out
+        let placeholder = Mapping { ptr: NonNull::dangling(), len: 0 };
+        std::mem::replace(&mut self.map, placeholder)
     }
 }
 
@@ -316,7 +308,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        unmap(self.ptr, self.len);
+        if self.len != 0 {
+            unmap(self.ptr, self.len);
+        }
     }
 }
 
@@ -334,7 +328,7 @@ impl AsRawFd for MmapRegion {
 
 impl Drop for MmapRegion {
     fn drop(&mut self) {
-        unmap(self.ptr, self.len);
+        // The mapping unmaps itself (field drop).
         if self.owner && self.cleanup == FileCleanup::UnlinkOnDrop {
             if let Some(path) = &self.path {
                 let _ = std::fs::remove_file(path);

@@ -43,20 +43,21 @@ async fn ping_pong_every_tier_both_directions() {
     finish(child).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_duplex_200k_mixed_messages_through_a_4k_ring() {
-    const N: u64 = 200_000;
+/// Streams `n` mixed-size messages each way at once with a `duplex` guest
+/// through a 4 KiB ring and a small pool, checking every message; returns the
+/// host's sending statistics.
+async fn full_duplex(n: u64) -> vox_shm::ShmTransportStatsSnapshot {
     let dir = tempfile::tempdir().unwrap();
     let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
-    let (link, child) = spawn(PEER, &hub, &["duplex", &N.to_string()]);
+    let (link, child) = spawn(PEER, &hub, &["duplex", &n.to_string()]);
     let (tx, mut rx) = link.split();
     let sender = tokio::spawn(async move {
-        for seq in 0..N {
+        for seq in 0..n {
             send(&tx, seq, mixed(seq)).await.unwrap();
         }
         tx
     });
-    for seq in 0..N {
+    for seq in 0..n {
         let m = recv(&mut rx).await.unwrap().unwrap_or_else(|| panic!("end of stream at {seq}"));
         check_payload(seq, mixed(seq), m.as_bytes()).unwrap();
     }
@@ -64,9 +65,14 @@ async fn full_duplex_200k_mixed_messages_through_a_4k_ring() {
     let stats = tx.stats();
     tx.close().await.unwrap();
     assert!(recv(&mut rx).await.unwrap().is_none());
-    assert!(finish(child).await.contains(&format!("received {N}")));
+    assert!(finish(child).await.contains(&format!("received {n}")));
+    stats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_duplex_200k_mixed_messages_through_a_4k_ring() {
+    let stats = full_duplex(200_000).await;
     assert!(stats.ring_exhausted > 0, "the 4 KiB ring must have filled: {stats:?}");
-    eprintln!("duplex stats: {stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,9 +294,24 @@ async fn a_later_child_inherits_nothing_and_cannot_mask_a_death() {
     let end = tokio::time::timeout(Duration::from_secs(5), vox_shm::LinkRx::recv(&mut rx))
         .await
         .expect("death seen while the bystander lives");
-    assert!(matches!(end, Err(vox_shm::ShmLinkRxError::PeerDead { .. })), "{end:?}");
+    assert!(matches!(end, Err(ShmLinkRxError::PeerDead { .. })), "{end:?}");
     bystander.kill().unwrap();
     bystander.wait().unwrap();
+}
+
+/// A guest killed before it ever attached never announced a close: the host
+/// reports a death, not a clean end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_killed_before_attaching_is_a_death_not_an_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "kill -9 $$"]);
+    let (link, mut guest) = vox_shm::host::spawn_guest_with(&hub, cmd, LinkOptions::default()).unwrap();
+    let (_tx, mut rx) = link.split();
+    guest.wait().unwrap();
+    let end = recv(&mut rx).await;
+    assert!(matches!(end, Err(ShmLinkRxError::PeerDead { .. })), "{end:?}");
 }
 
 /// Two host/guest pairs streaming full duplex at once on two cores: the
@@ -298,28 +319,7 @@ async fn a_later_child_inherits_nothing_and_cannot_mask_a_death() {
 /// unpublished releases; a signal drained by the other half of a link).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_pairs_under_contention_never_stall() {
-    const N: u64 = 60_000;
-    let run = |_: u32| async move {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
-        let (link, child) = spawn(PEER, &hub, &["duplex", &N.to_string()]);
-        let (tx, mut rx) = link.split();
-        let sender = tokio::spawn(async move {
-            for seq in 0..N {
-                send(&tx, seq, mixed(seq)).await.unwrap();
-            }
-            tx
-        });
-        for seq in 0..N {
-            let m = recv(&mut rx).await.unwrap().unwrap_or_else(|| panic!("end of stream at {seq}"));
-            check_payload(seq, mixed(seq), m.as_bytes()).unwrap();
-        }
-        let tx = sender.await.unwrap();
-        tx.close().await.unwrap();
-        assert!(recv(&mut rx).await.unwrap().is_none());
-        finish(child).await;
-    };
-    let (a, b) = tokio::join!(tokio::spawn(run(0)), tokio::spawn(run(1)));
+    let (a, b) = tokio::join!(tokio::spawn(full_duplex(60_000)), tokio::spawn(full_duplex(60_000)));
     a.unwrap();
     b.unwrap();
 }

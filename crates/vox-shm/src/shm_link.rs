@@ -1376,13 +1376,15 @@ impl ShmLinkRx {
         if closed {
             return Ok(Some(Ok(None)));
         }
-        // Died without closing. A peer that cannot announce a close (0.3.1)
-        // ends every stream this way, so for it death is the end of stream.
-        if sh.peer_features().is_some_and(|f| f.contains(Features::INBAND_CLOSE)) {
-            let peer = sh.peer.get();
-            return Ok(Some(Err(self.fail(ShmLinkRxError::PeerDead { peer }))));
+        // Died without closing. A peer known to be unable to announce a close
+        // (0.3.1) ends every stream this way, so for it death is the end of
+        // stream. A peer that died before it even attached (features still
+        // unknown) never closed anything: that is a death.
+        if sh.peer_features().is_some_and(|f| !f.contains(Features::INBAND_CLOSE)) {
+            return Ok(Some(Ok(None)));
         }
-        Ok(Some(Ok(None)))
+        let peer = sh.peer.get();
+        Ok(Some(Err(self.fail(ShmLinkRxError::PeerDead { peer }))))
     }
 }
 

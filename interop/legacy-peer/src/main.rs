@@ -59,7 +59,7 @@ async fn host(guest_bin: String) -> Res {
     let dir = std::env::temp_dir().join(format!("interop-legacy-{}", std::process::id()));
     let (path, seg) = create_segment(&dir)?;
     let (host_peer, ticket) = HostHub::new(seg.clone()).prepare_peer()?.into_parts();
-    let mut child = Command::new(&guest_bin)
+    let child = Command::new(&guest_bin)
         .arg("guest")
         .arg(format!("--hub-path={}", path.display()))
         .arg(format!("--peer-id={}", ticket.peer_id.get()))
@@ -70,14 +70,8 @@ async fn host(guest_bin: String) -> Res {
     drop(ticket);
     let (tx, mut rx) = host_peer.into_link()?.split();
     let n = scenario::host(&tx, &mut rx).await?;
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     println!("STATS impl=0.3.1 role=host messages={n}");
-    let _ = std::fs::remove_dir_all(&dir);
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
-    println!("PASS");
-    Ok(())
+    scenario::reap_guest(child, &dir).await
 }
 
 async fn guest(args: &[String]) -> Res {
@@ -108,7 +102,7 @@ async fn bootstrap_host(guest_bin: String) -> Res {
     let sock = dir.join("control.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock)?;
     // Spawned with nothing inherited: it walks in over the socket.
-    let mut child = Command::new(&guest_bin).arg("bootstrap-guest").arg(&sock).spawn()?;
+    let child = Command::new(&guest_bin).arg("bootstrap-guest").arg(&sock).spawn()?;
     let (mut stream, _) = listener.accept()?;
     let mut buf = vec![0u8; 2048];
     let n = stream.read(&mut buf)?;
@@ -123,14 +117,8 @@ async fn bootstrap_host(guest_bin: String) -> Res {
     drop(guest_ticket);
     let (tx, mut rx) = host_peer.into_link()?.split();
     let n = scenario::host(&tx, &mut rx).await?;
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     println!("STATS impl=0.3.1 role=host messages={n}");
-    let _ = std::fs::remove_dir_all(&dir);
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
-    println!("PASS");
-    Ok(())
+    scenario::reap_guest(child, &dir).await
 }
 
 /// Walks in over a host's control socket (0.3.1's bootstrap).

@@ -9,7 +9,10 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use vox_shm::host::{spawn_guest, GuestArgs, HostHub};
-use vox_shm::{FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink, SizeClassConfig, WriteSlot};
+use vox_shm::{
+    FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink, SizeClassConfig,
+    WriteSlot,
+};
 
 mod scenario {
     #![allow(dead_code)]
@@ -75,15 +78,9 @@ async fn host(guest_bin: String) -> Res {
     let seg = create_segment(&dir)?;
     let mut cmd = Command::new(&guest_bin);
     cmd.arg("guest");
-    let (link, mut child) = spawn_guest(&HostHub::new(seg), cmd)?;
+    let (link, child) = spawn_guest(&HostHub::new(seg), cmd)?;
     run(link, true).await?;
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
-    let _ = std::fs::remove_dir_all(&dir);
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
-    println!("PASS");
-    Ok(())
+    scenario::reap_guest(child, &dir).await
 }
 
 async fn guest(args: Vec<String>) -> Res {
@@ -101,17 +98,11 @@ async fn bootstrap_host(guest_bin: String) -> Res {
     let sock = dir.join("control.sock");
     let listener = tokio::net::UnixListener::bind(&sock)?;
     // Spawned with nothing inherited: it walks in over the socket.
-    let mut child = Command::new(&guest_bin).arg("bootstrap-guest").arg(&sock).spawn()?;
+    let child = Command::new(&guest_bin).arg("bootstrap-guest").arg(&sock).spawn()?;
     let hub = HostHub::new(seg);
     let link = vox_shm::bootstrap::serve_one(&listener, &hub, |sid| sid == b"interop", LinkOptions::default()).await?;
     run(link, true).await?;
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
-    let _ = std::fs::remove_dir_all(&dir);
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
-    println!("PASS");
-    Ok(())
+    scenario::reap_guest(child, &dir).await
 }
 
 /// Walks in over a host's control socket.

@@ -366,19 +366,8 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
         Kind::Duplex => {
             let started = Instant::now();
             let (n, size) = (case.count, case.size);
-            let sender = async {
-                for seq in 0..n {
-                    tx.send(seq, size).await?;
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let receiver = async {
-                for seq in 0..=n {
-                    rx.expect(seq).await?; // n messages, then the acknowledgement
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            tokio::try_join!(sender, receiver)?;
+            // n messages each way, then the guest's acknowledgement.
+            both_ways(&mut tx, &mut rx, n, size, n + 1).await?;
             let secs = started.elapsed().as_secs_f64();
             m.elapsed_s = secs;
             m.messages = 2 * n;
@@ -438,20 +427,8 @@ async fn drive_guest(case: &Case, mut tx: Tx, mut rx: Rx) -> Res {
             }
         }
         Kind::Duplex => {
-            let (n, size) = (case.count, case.size);
-            let sender = async {
-                for seq in 0..n {
-                    tx.send(seq, size).await?;
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let receiver = async {
-                for seq in 0..n {
-                    rx.expect(seq).await?;
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            tokio::try_join!(sender, receiver)?;
+            let n = case.count;
+            both_ways(&mut tx, &mut rx, n, case.size, n).await?;
             tx.send(n, 8).await?;
             if rx.recv().await?.is_some() {
                 return Err("unexpected message after the stream".into());
@@ -460,6 +437,24 @@ async fn drive_guest(case: &Case, mut tx: Tx, mut rx: Rx) -> Res {
     }
     tx.close().await?;
     Ok(())
+}
+
+/// Sends messages `0..sends` of `size` bytes while receiving and checking
+/// messages `0..receives`, both at once (the full-duplex workload).
+async fn both_ways(tx: &mut Tx, rx: &mut Rx, sends: u64, size: usize, receives: u64) -> std::io::Result<()> {
+    let sender = async {
+        for seq in 0..sends {
+            tx.send(seq, size).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let receiver = async {
+        for seq in 0..receives {
+            rx.expect(seq).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::try_join!(sender, receiver).map(|_| ())
 }
 
 fn fmt_ns(ns: u64) -> String {
