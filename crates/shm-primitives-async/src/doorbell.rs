@@ -155,7 +155,8 @@ impl Doorbell {
             if d.peer_gone {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "doorbell peer closed"));
             }
-            // Drained to EAGAIN: the readiness we were woken for is used up.
+            // Drained (a short read or EAGAIN): the readiness we were woken for
+            // is used up.
             guard.clear_ready();
             if d.bytes > 0 {
                 return Ok(d.bytes);
@@ -172,8 +173,9 @@ impl Doorbell {
         let mut guard = self.fd.readable().await?;
         let d = drain_fd(self.fd.get_ref().as_fd());
         if !d.peer_gone {
-            // Drained to EAGAIN: the event we were woken for is used up. (A
-            // newer event keeps its readiness: tokio clears by event tick.)
+            // Drained (a short read or EAGAIN): the event we were woken for is
+            // used up. (A newer event keeps its readiness: tokio clears by
+            // event tick.)
             guard.clear_ready();
         }
         Ok(d)
@@ -227,8 +229,15 @@ fn drain_fd(fd: BorrowedFd<'_>) -> Drained {
         let rc = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if rc > 0 {
             out.bytes += rc as usize;
-            // Read on until the socket says `EAGAIN`: only a read observed to
-            // block may clear tokio's readiness (its `clear_ready` contract).
+            if (rc as usize) < buf.len() {
+                // A short read of a stream socket took everything queued: it is
+                // drained without the extra `recv` that would say `EAGAIN` (one
+                // system call less per wake-up). Clearing tokio's readiness on
+                // this is what tokio's own sockets do with edge-triggered epoll:
+                // a byte that arrives after this read raises a new edge, and a
+                // hang-up stays visible because tokio never clears "closed".
+                return out;
+            }
             continue;
         }
         if rc == 0 {

@@ -294,8 +294,9 @@ fn wake_on_demand_never_leaves_a_side_asleep() {
 /// register for both wake-ups before their last check, as the link does.
 #[test]
 fn a_drained_signal_never_strands_the_other_half() {
-    use loom::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
+    use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
     use loom::sync::{Condvar, Mutex};
+    use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
 
     /// The socket (bytes pending) plus per-half wake-up epochs, under one lock.
     struct Bell {
@@ -328,11 +329,10 @@ fn a_drained_signal_never_strands_the_other_half() {
                             continue;
                         }
                         drop(st);
-                        // Announce, then re-check (the C1 pairing: store, fence, load).
-                        waiting[me].store(1, Relaxed);
-                        fence(SeqCst);
+                        // Announce, then re-check (the C1 pairing).
+                        announce_waiting(&waiting[me]);
                         if work[me].load(Relaxed) {
-                            waiting[me].store(0, Relaxed);
+                            stop_waiting(&waiting[me]);
                             return;
                         }
                         let mut st = bell.state.lock().unwrap();
@@ -346,17 +346,17 @@ fn a_drained_signal_never_strands_the_other_half() {
                         }
                         bell.cv.notify_all();
                         drop(st);
-                        waiting[me].store(0, Relaxed);
+                        stop_waiting(&waiting[me]);
                     }
                 })
             })
             .collect();
 
-        // The peer publishes work for each half and rings if it waits.
+        // The peer publishes work for each half and rings if it waits
+        // (claiming that half's announcement, as the link's publishers do).
         for who in 0..2 {
             work[who].store(true, Relaxed);
-            fence(SeqCst);
-            if waiting[who].load(Relaxed) != 0 {
+            if should_wake(&waiting[who]) {
                 let mut st = bell.state.lock().unwrap();
                 st.0 += 1;
                 drop(st);

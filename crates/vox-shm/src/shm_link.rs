@@ -281,16 +281,16 @@ impl Shared {
         self.tx_notify.notify_waiters();
     }
 
-    /// Waits for the doorbell (registered by the caller before its last check)
-    /// and records what the drain found.
-    fn note_drain(&self, d: io::Result<shm_primitives_async::doorbell::Drained>) {
+    /// Records what a drain of the doorbell found. `other` is the other
+    /// half's wake-up: the signal may have been meant for it (B6). The
+    /// draining half is awake already; waking it too would make its task
+    /// poll twice and its runtime take an extra trip through the reactor.
+    fn note_drain(&self, d: io::Result<shm_primitives_async::doorbell::Drained>, other: &Notify) {
         match d {
             Ok(d) if !d.peer_gone => {
                 if d.bytes > 0 {
                     bump_shared(&self.counters.doorbell_wakeups);
-                    // The signal may have been for the other half.
-                    self.rx_notify.notify_waiters();
-                    self.tx_notify.notify_waiters();
+                    other.notify_waiters();
                 }
             }
             _ => self.mark_gone(),
@@ -784,7 +784,7 @@ impl ShmLinkTx {
             notified.as_mut().enable();
             let mut bell = pin!(sh.doorbell.readable_drain());
             if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
-                sh.note_drain(d); // already rung: look again
+                sh.note_drain(d, &sh.rx_notify); // already rung: look again
                 continue;
             }
             let flag = sh.tx_ring.header().producer_waiting();
@@ -806,7 +806,7 @@ impl ShmLinkTx {
                 })
                 .await;
                 if let Some(d) = d {
-                    sh.note_drain(d);
+                    sh.note_drain(d, &sh.rx_notify);
                 }
             }
             if announce {
@@ -1318,7 +1318,7 @@ impl ShmLinkRx {
             notified.as_mut().enable();
             let mut bell = pin!(sh.doorbell.readable_drain());
             if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
-                sh.note_drain(d); // already rung: look again
+                sh.note_drain(d, &sh.tx_notify); // already rung: look again
                 continue;
             }
             let flag = sh.rx_ring.header().consumer_waiting();
@@ -1343,7 +1343,7 @@ impl ShmLinkRx {
                 })
                 .await;
                 if let Some(d) = d {
-                    sh.note_drain(d);
+                    sh.note_drain(d, &sh.tx_notify);
                 }
             }
             if announce {
