@@ -26,7 +26,7 @@
 //! and no other link is affected. A dead peer wakes every waiter at once.
 
 use std::io;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
@@ -40,6 +40,7 @@ use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
 use shm_primitives::{Features, PeerId};
 use shm_primitives_async::control::{MmapControlReceiver, MmapControlSender};
 use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle, SignalResult};
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::framing::{self, Frame, FrameError, MmapRef, MMAP_REF_ENTRY_SIZE, SLOT_LEN_PREFIX, SLOT_REF_ENTRY_SIZE};
@@ -281,16 +282,16 @@ impl Shared {
         self.tx_notify.notify_waiters();
     }
 
-    /// Records what a drain of the doorbell found. `other` is the other
-    /// half's wake-up: the signal may have been meant for it (B6). The
+    /// Records what a drain of the doorbell by half `by` found. The signal may
+    /// have been meant for the other half, so that one is woken (B6). The
     /// draining half is awake already; waking it too would make its task
     /// poll twice and its runtime take an extra trip through the reactor.
-    fn note_drain(&self, d: io::Result<shm_primitives_async::doorbell::Drained>, other: &Notify) {
+    fn note_drain(&self, d: io::Result<shm_primitives_async::doorbell::Drained>, by: Half) {
         match d {
             Ok(d) if !d.peer_gone => {
                 if d.bytes > 0 {
                     bump_shared(&self.counters.doorbell_wakeups);
-                    other.notify_waiters();
+                    self.notify(by.other()).notify_waiters();
                 }
             }
             _ => self.mark_gone(),
@@ -299,6 +300,32 @@ impl Shared {
 
     fn gone(&self) -> bool {
         self.peer_gone.load(Ordering::Acquire)
+    }
+
+    /// The wake-up a half waits on besides the doorbell.
+    fn notify(&self, half: Half) -> &Notify {
+        match half {
+            Half::Tx => &self.tx_notify,
+            Half::Rx => &self.rx_notify,
+        }
+    }
+
+    /// The ring a half works on: we produce into `tx_ring`, consume `rx_ring`.
+    fn ring_of(&self, half: Half) -> &BipBuf {
+        match half {
+            Half::Tx => &self.tx_ring,
+            Half::Rx => &self.rx_ring,
+        }
+    }
+
+    /// The C1 flag a half announces in: a sender waits for space in its
+    /// sending ring, a receiver for data in its receiving ring.
+    fn waiting_flag(&self, half: Half) -> &AtomicU32 {
+        let h = self.ring_of(half).header();
+        match half {
+            Half::Tx => h.producer_waiting(),
+            Half::Rx => h.consumer_waiting(),
+        }
     }
 
     /// After publishing in our sending ring (a commit or a wrap).
@@ -428,6 +455,90 @@ where
 /// and reports whether it completed.
 async fn poll_once<F: std::future::Future + ?Sized>(mut f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+}
+
+/// The two halves of a link, which share one doorbell.
+#[derive(Debug, Clone, Copy)]
+enum Half {
+    Tx,
+    Rx,
+}
+
+impl Half {
+    fn other(self) -> Half {
+        match self {
+            Half::Tx => Half::Rx,
+            Half::Rx => Half::Tx,
+        }
+    }
+}
+
+/// One half of a link on its way to sleep (B6, C1), the only place either
+/// half parks. [`Park::begin`] registers for both wake-ups (the doorbell, and
+/// the other half having drained it) and then announces; the caller re-checks
+/// its condition and either [`sleep`](Park::sleep)s or drops the guard.
+/// Dropping it withdraws the announcement.
+struct Park<'a, 'p, B> {
+    sh: &'a Shared,
+    half: Half,
+    bell: Pin<&'p mut B>,
+    notified: Pin<&'p mut Notified<'a>>,
+    announced: bool,
+}
+
+impl<'a, 'p, B> Park<'a, 'p, B>
+where
+    B: std::future::Future<Output = io::Result<shm_primitives_async::doorbell::Drained>>,
+{
+    /// `bell` is `sh.doorbell.readable_drain()` and `notified` is
+    /// `sh.notify(half).notified()`, pinned by the caller. `None` if the
+    /// doorbell had already rung: look again instead of sleeping.
+    async fn begin(
+        sh: &'a Shared,
+        half: Half,
+        mut bell: Pin<&'p mut B>,
+        mut notified: Pin<&'p mut Notified<'a>>,
+    ) -> Option<Park<'a, 'p, B>> {
+        notified.as_mut().enable();
+        if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
+            sh.note_drain(d, half);
+            return None;
+        }
+        let announced = sh.ours.contains(Features::WAKE_ON_DEMAND);
+        if announced {
+            announce_waiting(sh.waiting_flag(half));
+        }
+        Some(Park { sh, half, bell, notified, announced })
+    }
+
+    /// Sleeps until the doorbell rings or the other half wakes us. `local`
+    /// describes what we wait for in stall reports; the ring's shared
+    /// positions and wait flags are added here.
+    async fn sleep(mut self, local: impl Fn() -> String) {
+        let (sh, half) = (self.sh, self.half);
+        let ring = sh.ring_of(half);
+        let state = || {
+            let (w, m, r) = ring.positions();
+            let flag = |f: &AtomicU32| f.load(Ordering::Relaxed);
+            format!(
+                "{}, shared w {w} wm {m} r {r}, producer_waiting {}, consumer_waiting {}",
+                local(),
+                flag(ring.header().producer_waiting()),
+                flag(ring.header().consumer_waiting())
+            )
+        };
+        if let Some(d) = sleep_on(self.bell.as_mut(), self.notified.as_mut(), sh, state).await {
+            sh.note_drain(d, half);
+        }
+    }
+}
+
+impl<B> Drop for Park<'_, '_, B> {
+    fn drop(&mut self) {
+        if self.announced {
+            stop_waiting(self.sh.waiting_flag(self.half));
+        }
+    }
 }
 
 /// Polling phase of a wait: `true` while the strategy says keep polling.
@@ -778,39 +889,15 @@ impl ShmLinkTx {
             if poller.keep_polling().await {
                 continue;
             }
-            // Park: register for both wake-ups (the doorbell, and the other
-            // half having drained it), announce, re-check, sleep.
-            let mut notified = pin!(sh.tx_notify.notified());
-            notified.as_mut().enable();
-            let mut bell = pin!(sh.doorbell.readable_drain());
-            if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
-                sh.note_drain(d, &sh.rx_notify); // already rung: look again
-                continue;
-            }
-            let flag = sh.tx_ring.header().producer_waiting();
-            let announce = sh.ours.contains(Features::WAKE_ON_DEMAND);
-            if announce {
-                announce_waiting(flag);
-            }
+            let notified = pin!(sh.notify(Half::Tx).notified());
+            let bell = pin!(sh.doorbell.readable_drain());
+            let Some(park) = Park::begin(sh, Half::Tx, bell, notified).await else {
+                continue; // already rung: look again
+            };
             let done = sh.gone() || attempt(st)?;
             if !done {
                 bump(&sh.counters.reserve_waits);
-                let d = sleep_on(bell.as_mut(), notified.as_mut(), sh, || {
-                    let (w, m, r) = sh.tx_ring.positions();
-                    format!(
-                        "reserve of {need} B: local {:?}, shared w {w} wm {m} r {r}, producer_waiting {}, consumer_waiting {}",
-                        st.producer.debug_state(),
-                        sh.tx_ring.header().producer_waiting().load(Ordering::Relaxed),
-                        sh.tx_ring.header().consumer_waiting().load(Ordering::Relaxed)
-                    )
-                })
-                .await;
-                if let Some(d) = d {
-                    sh.note_drain(d, &sh.rx_notify);
-                }
-            }
-            if announce {
-                stop_waiting(flag);
+                park.sleep(|| format!("reserve of {need} B: local {:?}", st.producer.debug_state())).await;
             }
             poller = Poller::new(sh.options.wait);
         }
@@ -1314,40 +1401,26 @@ impl ShmLinkRx {
                 self.core.wake_peer_producer();
             }
             let sh = self.core.shared.clone();
-            let mut notified = pin!(sh.rx_notify.notified());
-            notified.as_mut().enable();
-            let mut bell = pin!(sh.doorbell.readable_drain());
-            if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
-                sh.note_drain(d, &sh.tx_notify); // already rung: look again
-                continue;
-            }
-            let flag = sh.rx_ring.header().consumer_waiting();
-            let announce = sh.ours.contains(Features::WAKE_ON_DEMAND);
-            if announce {
-                announce_waiting(flag);
-            }
+            let notified = pin!(sh.notify(Half::Rx).notified());
+            let bell = pin!(sh.doorbell.readable_drain());
+            let Some(park) = Park::begin(&sh, Half::Rx, bell, notified).await else {
+                continue; // already rung: look again
+            };
             let step = self.step();
             let idle =
                 matches!(step, Ok(Step::Empty)) && !self.consumer.wrap_pending() && !sh.gone() && !sh.peer_closed();
             if idle {
                 bump(&sh.counters.recv_waits);
                 let consumer = &self.consumer;
-                let d = sleep_on(bell.as_mut(), notified.as_mut(), &sh, || {
-                    let (w, m, r) = sh.rx_ring.positions();
+                park.sleep(|| {
                     format!(
-                        "recv: local (read, known_end, unpublished, last seen (write, wm)) {:?}, shared w {w} wm {m} r {r}, consumer_waiting {}, producer_waiting {}",
-                        consumer.debug_state(),
-                        sh.rx_ring.header().consumer_waiting().load(Ordering::Relaxed),
-                        sh.rx_ring.header().producer_waiting().load(Ordering::Relaxed)
+                        "recv: local (read, known_end, unpublished, last seen (write, wm)) {:?}",
+                        consumer.debug_state()
                     )
                 })
                 .await;
-                if let Some(d) = d {
-                    sh.note_drain(d, &sh.tx_notify);
-                }
-            }
-            if announce {
-                stop_waiting(flag);
+            } else {
+                drop(park); // withdraw the announcement
             }
             match step? {
                 Step::Message(b) => return Ok(Some(b)),
