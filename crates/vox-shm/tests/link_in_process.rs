@@ -6,6 +6,15 @@ use std::time::Duration;
 use vox_shm::host::create_test_link_pair;
 use vox_shm::{FileCleanup, Link, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, SizeClassConfig, WriteSlot};
 
+/// A segment file in `dir` with `guests` guest slots, rings of `ring` bytes
+/// and `slots` slots of 4 KiB.
+fn small_segment(dir: &std::path::Path, guests: u8, ring: u32, slots: u32) -> Arc<Segment> {
+    let classes = [SizeClassConfig { slot_size: 4096, slot_count: slots }];
+    let cfg =
+        SegmentConfig { max_guests: guests, bipbuf_capacity: ring, size_classes: &classes, ..SegmentConfig::default() };
+    Arc::new(Segment::create(&dir.join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap())
+}
+
 async fn send(tx: &impl LinkTx, bytes: &[u8]) {
     let p = tx.reserve().await.unwrap();
     let mut s = p.alloc(bytes.len()).unwrap();
@@ -16,10 +25,7 @@ async fn send(tx: &impl LinkTx, bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_size_both_ways_then_close() {
     let dir = tempfile::tempdir().unwrap();
-    let classes = [SizeClassConfig { slot_size: 4096, slot_count: 8 }];
-    let cfg =
-        SegmentConfig { max_guests: 2, bipbuf_capacity: 4096, size_classes: &classes, ..SegmentConfig::default() };
-    let seg = Arc::new(Segment::create(&dir.path().join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap());
+    let seg = small_segment(dir.path(), 2, 4096, 8);
     let (host, guest) = create_test_link_pair(seg.clone()).await.unwrap();
     let (htx, mut hrx) = host.split();
     let (gtx, mut grx) = guest.split();
@@ -52,10 +58,7 @@ mod negotiation {
     };
 
     fn segment(dir: &std::path::Path) -> Arc<Segment> {
-        let classes = [SizeClassConfig { slot_size: 4096, slot_count: 16 }];
-        let cfg =
-            SegmentConfig { max_guests: 2, bipbuf_capacity: 8192, size_classes: &classes, ..SegmentConfig::default() };
-        Arc::new(Segment::create(&dir.join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap())
+        super::small_segment(dir, 2, 8192, 16)
     }
 
     /// Sends `n` messages host→guest while the guest receives; returns the
@@ -227,10 +230,7 @@ mod negotiation {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_receiver_has_published_every_release() {
     let dir = tempfile::tempdir().unwrap();
-    let classes = [SizeClassConfig { slot_size: 4096, slot_count: 8 }];
-    let cfg =
-        SegmentConfig { max_guests: 1, bipbuf_capacity: 4096, size_classes: &classes, ..SegmentConfig::default() };
-    let seg = Arc::new(Segment::create(&dir.path().join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap());
+    let seg = small_segment(dir.path(), 1, 4096, 8);
     let (host, guest) = create_test_link_pair(seg.clone()).await.unwrap();
     let (htx, _hrx) = host.split();
     let (_gtx, mut grx) = guest.split();
