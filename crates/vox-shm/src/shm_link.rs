@@ -186,6 +186,9 @@ counters! {
     slot_fallbacks,
     /// Reserve attempts that found the ring full.
     ring_exhausted,
+    /// Reserve attempts that found the ring free but the mapping budget
+    /// spent: the receiver still holds that many bytes of large payloads.
+    mmap_budget_exhausted,
     /// Times a sender slept on the doorbell waiting for space.
     reserve_waits,
     /// Times a receiver slept on the doorbell waiting for data.
@@ -860,7 +863,8 @@ impl ShmLinkTx {
         // One attempt; a wrap it performs is a publication the consumer must
         // see even if the grant after it fails.
         let max_payload = self.limits.max_payload;
-        let attempt = |st: &mut TxState| -> io::Result<bool> {
+        // `None` when there is room, else the counter of what was full.
+        let attempt = |st: &mut TxState| -> io::Result<Option<&AtomicU64>> {
             let wraps = st.producer.wraps();
             let granted = st.producer.try_grant(need).map_err(ring_err)?.is_some();
             if st.producer.wraps() != wraps {
@@ -876,16 +880,20 @@ impl ShmLinkTx {
                 st.registry.enable_reuse();
                 st.registry.can_alloc(max_payload)
             };
-            Ok(granted && mapping_ok)
+            Ok(match (granted, mapping_ok) {
+                (true, true) => None,
+                (false, _) => Some(&sh.counters.ring_exhausted),
+                (true, false) => Some(&sh.counters.mmap_budget_exhausted),
+            })
         };
         loop {
             if sh.gone() {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "peer is gone"));
             }
-            if attempt(st)? {
-                return Ok(());
+            match attempt(st)? {
+                None => return Ok(()),
+                Some(full) => bump(full),
             }
-            bump(&sh.counters.ring_exhausted);
             if poller.keep_polling().await {
                 continue;
             }
@@ -894,7 +902,7 @@ impl ShmLinkTx {
             let Some(park) = Park::begin(sh, Half::Tx, bell, notified).await else {
                 continue; // already rung: look again
             };
-            let done = sh.gone() || attempt(st)?;
+            let done = sh.gone() || attempt(st)?.is_none();
             if !done {
                 bump(&sh.counters.reserve_waits);
                 park.sleep(|| format!("reserve of {need} B: local {:?}", st.producer.debug_state())).await;

@@ -222,6 +222,42 @@ mod negotiation {
             assert_eq!(tokio::time::timeout(Duration::from_secs(30), receiver).await.unwrap().unwrap(), sent);
         }
     }
+    /// A spent mapping budget is backpressure, not an error: `reserve` waits
+    /// (and the stats say the budget, not the ring, is why) until the
+    /// receiver drops a large message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spent_mapping_budget_makes_reserve_wait() {
+        let big = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let host = LinkOptions { mmap_budget: 4 << 20, ..LinkOptions::default() };
+        let classes = [SizeClassConfig { slot_size: 4096, slot_count: 16 }];
+        let cfg = SegmentConfig { max_payload_size: 2 << 20, size_classes: &classes, ..SegmentConfig::default() };
+        let seg = Arc::new(Segment::create(&dir.path().join("s"), cfg, FileCleanup::UnlinkOnDrop).unwrap());
+        let (h, g) = create_test_link_pair_with(seg, host, LinkOptions::default()).await.unwrap();
+        let (htx, _hrx) = h.split();
+        let (_gtx, mut grx) = g.split();
+        // Nobody receives yet, so every region stays pinned.
+        let mut sent = 0;
+        let blocked = loop {
+            match tokio::time::timeout(Duration::from_millis(200), htx.reserve()).await {
+                Ok(p) => {
+                    let mut s = p.unwrap().alloc(big).unwrap();
+                    s.as_mut_slice()[0] = 1;
+                    s.commit();
+                    sent += 1;
+                    assert!(sent <= 4, "a 4 MiB budget holds at most four 1 MiB regions");
+                }
+                Err(_) => break htx.stats(),
+            }
+        };
+        assert!(sent >= 1, "the budget admits at least one message");
+        assert!(blocked.mmap_budget_exhausted > 0, "{blocked:?}");
+        assert_eq!(blocked.ring_exhausted, 0, "the ring had room: {blocked:?}");
+        // Receiving and dropping one message frees its region; reserve goes on.
+        drop(grx.recv().await.unwrap().unwrap());
+        let p = tokio::time::timeout(Duration::from_secs(10), htx.reserve()).await;
+        assert!(p.expect("a released region must wake the sender").unwrap().alloc(big).is_ok());
+    }
 }
 
 /// Releases are published in batches between our peers; a receiver that runs
