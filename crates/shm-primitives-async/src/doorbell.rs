@@ -326,7 +326,10 @@ mod tests {
                 tokio::spawn(async move { b.readable_drain().await.unwrap() })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Both must be waiting before the signal (one that starts after the
+        // byte was taken would rightly wait on); the pause is long enough for
+        // that even on a loaded machine.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         a.signal();
         let mut total = 0;
         for w in waiters {
