@@ -287,3 +287,40 @@ async fn a_parked_receiver_has_published_every_release() {
         assert_eq!(r, w, "after {n} messages the receiver slept with unpublished releases");
     }
 }
+
+/// A link half that never has to wait still gives its thread back (tokio's
+/// cooperative budget): on a single-threaded runtime, another task runs while
+/// thousands of messages are sent, and again while they are received.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_link_does_not_starve_other_tasks_on_its_thread() {
+    const N: u64 = 4000;
+    let dir = tempfile::tempdir().unwrap();
+    // 4000 entries of 16 bytes fit the ring, so neither loop ever waits.
+    let seg = small_segment(dir.path(), 1, 256 * 1024, 8);
+    let (host, guest) = create_test_link_pair(seg).await.unwrap();
+    let (htx, _hrx) = host.split();
+    let (_gtx, mut grx) = guest.split();
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let ticks_now = || ticks.load(std::sync::atomic::Ordering::Relaxed);
+    let before = ticks_now();
+    for i in 0..N {
+        send(&htx, &i.to_le_bytes()).await;
+    }
+    let after_send = ticks_now();
+    assert!(after_send > before, "the sending loop never let the other task run");
+    for i in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(5), grx.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!(m.as_bytes(), &i.to_le_bytes());
+    }
+    assert!(ticks_now() > after_send, "the receiving loop never let the other task run");
+    ticker.abort();
+}
