@@ -216,7 +216,7 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, body: &[u8], fds: &[RawFd]) -> io::Re
     }
 }
 
-/// Receives one datagram with up to [`FD_ROOM`] descriptors: `Ok(None)` if none
+/// Receives one datagram with up to eight descriptors: `Ok(None)` if none
 /// is waiting. Every descriptor received is owned before any check, so a
 /// refused message leaks nothing.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>, ControlError> {
