@@ -22,7 +22,7 @@ use endpoint::{Rx, Tx};
 /// Options of `vox-shm bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Fewer iterations (about a minute on two cores).
+    /// Fewer iterations (a few seconds instead of about fifteen on two cores).
     #[arg(long)]
     pub quick: bool,
     /// Write machine-readable results here.
