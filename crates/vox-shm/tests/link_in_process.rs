@@ -324,3 +324,37 @@ async fn a_busy_link_does_not_starve_other_tasks_on_its_thread() {
     assert!(ticks_now() > after_send, "the receiving loop never let the other task run");
     ticker.abort();
 }
+
+/// A receiver spinning on an empty ring (`Spin` with a long budget) keeps
+/// giving its thread to other tasks while it waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_receiver_lets_other_tasks_run() {
+    use vox_shm::{LinkOptions, WaitStrategy};
+    let dir = tempfile::tempdir().unwrap();
+    let seg = small_segment(dir.path(), 1, 4096, 8);
+    let spin = LinkOptions { wait: WaitStrategy::Spin { budget: Duration::from_secs(3) }, ..LinkOptions::default() };
+    let (host, guest) = vox_shm::host::create_test_link_pair_with(seg, LinkOptions::default(), spin).await.unwrap();
+    let (htx, _hrx) = host.split();
+    let (_gtx, mut grx) = guest.split();
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            // Sends once it has run a few times: only a receiver that yields
+            // while spinning lets this happen.
+            for _ in 0..10 {
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+            send(&htx, b"after ten ticks").await;
+            htx
+        })
+    };
+    // A receiver that never yielded would spin its whole 3 s budget, then
+    // sleep on the doorbell, and only then let the sender run.
+    let m = tokio::time::timeout(Duration::from_secs(30), grx.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(m.as_bytes(), b"after ten ticks");
+    assert_eq!(ticks.load(std::sync::atomic::Ordering::Relaxed), 10);
+    assert_eq!(grx.stats().recv_waits, 0, "the receiver had to sleep before the sender could run");
+    drop(ticker.await.unwrap());
+}
