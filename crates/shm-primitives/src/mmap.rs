@@ -99,12 +99,47 @@ fn file_len(file: &File) -> io::Result<usize> {
     usize::try_from(meta.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))
 }
 
+/// Marks `file` as in use: a shared `flock` on its open file description.
+///
+/// The lock lives exactly as long as some process keeps that description open
+/// (the creator, or a guest it passed a duplicate of the descriptor to) and
+/// the kernel drops it when the last of them exits, `kill -9` included. So a
+/// named segment file nobody holds is one whose users are all gone.
+fn hold_shared(file: &File) -> io::Result<()> {
+    // SAFETY: `flock` on a descriptor `file` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Tries to take an exclusive `flock` on `file` without waiting: `Ok(true)`
+/// if taken (nobody holds the file: see how [`MmapRegion::create`] marks it),
+/// `Ok(false)` if another open description holds a lock on it. The lock goes
+/// when `file` is closed.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: `flock` on a descriptor `file` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 impl MmapRegion {
     /// Creates the file at `path` with `size` zero bytes and maps it.
     ///
     /// An existing file at `path` is unlinked first (never truncated: a process
     /// that still maps the old file keeps its memory intact). Permissions are set
-    /// to `mode` explicitly, independent of the umask.
+    /// to `mode` explicitly, independent of the umask. The new file is marked in
+    /// use with a shared `flock` for as long as its descriptor is open here or
+    /// in a process it was passed to, so a file left behind by a crash can be
+    /// told apart from a live one ([`try_lock_exclusive`]).
     pub fn create(path: &Path, size: usize, cleanup: FileCleanup, mode: u32) -> io::Result<Self> {
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -117,6 +152,9 @@ impl MmapRegion {
             e
         };
         file.set_permissions(Permissions::from_mode(mode)).map_err(cleanup_on_error)?;
+        // Best effort: where `flock` is not supported the file still works, its
+        // liveness just cannot be told from outside (`try_lock_exclusive` errs).
+        let _ = hold_shared(&file);
         file.set_len(size as u64).map_err(cleanup_on_error)?;
         let map = map_shared(&file, size).map_err(cleanup_on_error)?;
         let mut region = Self { map, file, path: Some(path.to_owned()), cleanup, owner: true };

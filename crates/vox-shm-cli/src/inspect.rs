@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use vox_shm::inspect::{monotonic_ns, RingSnapshot, SegmentSnapshot, SegmentView};
+use vox_shm::stale::FileState;
 
 use crate::Res;
 
@@ -58,6 +59,8 @@ struct JsonSegment {
     heartbeat_interval_ns: u64,
     host_goodbye: bool,
     host_features: String,
+    /// Whether a live process holds the file (`null`: cannot tell).
+    in_use: Option<bool>,
     peers: Vec<JsonPeer>,
     slot_classes: Vec<JsonClass>,
 }
@@ -85,7 +88,7 @@ pub fn owner_name(owner: u32) -> String {
     }
 }
 
-fn to_json(s: &SegmentSnapshot) -> JsonSegment {
+fn to_json(s: &SegmentSnapshot, in_use: Option<bool>) -> JsonSegment {
     let h = &s.header;
     JsonSegment {
         version: h.version,
@@ -98,6 +101,7 @@ fn to_json(s: &SegmentSnapshot) -> JsonSegment {
         inline_threshold: h.effective_inline_threshold(),
         heartbeat_interval_ns: h.heartbeat_interval,
         host_goodbye: h.host_goodbye != 0,
+        in_use,
         host_features: h.host_features.to_string(),
         peers: s
             .peers
@@ -146,7 +150,7 @@ fn ring_text(r: &RingSnapshot) -> String {
 }
 
 /// Renders a snapshot for a terminal.
-pub fn render(path: &Path, s: &SegmentSnapshot) -> String {
+pub fn render(path: &Path, s: &SegmentSnapshot, in_use: Option<bool>) -> String {
     use std::fmt::Write;
     let h = &s.header;
     let mut o = String::new();
@@ -168,6 +172,15 @@ pub fn render(path: &Path, s: &SegmentSnapshot) -> String {
         h.host_features,
         if h.heartbeat_interval == 0 { "off".to_string() } else { format!("{} ms", h.heartbeat_interval / 1_000_000) },
         if h.host_goodbye != 0 { "yes" } else { "no" }
+    );
+    let _ = writeln!(
+        o,
+        "  in use: {}",
+        match in_use {
+            Some(true) => "yes (a live host or guest holds the file)",
+            Some(false) => "no: every process that held it is gone; `vox-shm clean` removes it",
+            None => "cannot tell (no file lock here)",
+        }
     );
     let _ = writeln!(o, "\npeers:");
     for p in &s.peers {
@@ -216,7 +229,13 @@ pub fn run(path: &Path, json: bool, watch: bool, interval_ms: u64) -> Res {
     let view = SegmentView::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     loop {
         let snap = view.snapshot(monotonic_ns());
-        let text = if json { serde_json::to_string_pretty(&to_json(&snap))? } else { render(path, &snap) };
+        let in_use = match vox_shm::stale::check(path) {
+            FileState::InUse => Some(true),
+            FileState::Stale { .. } => Some(false),
+            FileState::NotASegment(_) | FileState::Unknown(_) => None,
+        };
+        let text =
+            if json { serde_json::to_string_pretty(&to_json(&snap, in_use))? } else { render(path, &snap, in_use) };
         if watch {
             // Clear the screen and home the cursor.
             print!("\x1b[2J\x1b[H{text}");

@@ -4,9 +4,11 @@
 //! vox-shm demo [--path PATH]            a host and a guest process exchange every tier
 //! vox-shm bench [--quick] [--json F] [--svg F] [--filter S]
 //! vox-shm inspect PATH [--json] [--watch]
+//! vox-shm clean [--dry-run] PATH...     remove segment files no process holds
 //! ```
 
 mod bench;
+mod clean;
 mod demo;
 mod inspect;
 mod svg;
@@ -51,6 +53,17 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// Remove segment files that no process holds any more (left behind by a
+    /// host that crashed or was killed). Files that are not vox segments, or
+    /// that a live host or guest holds, are never touched.
+    Clean {
+        /// Segment files, or directories whose files are examined (not
+        /// recursively).
+        paths: Vec<PathBuf>,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// (internal) The guest side of `demo`.
     #[command(hide = true)]
     DemoGuest {
@@ -81,6 +94,7 @@ fn main() -> ExitCode {
         Command::Demo { path, rounds } => demo::run(path, rounds),
         Command::Bench(args) => bench::run(args),
         Command::Inspect { path, json, watch, interval_ms } => inspect::run(&path, json, watch, interval_ms),
+        Command::Clean { paths, dry_run } => clean::run(&paths, dry_run),
         Command::DemoGuest { rest } => demo::guest(rest),
         Command::BenchHost { case } => bench::host(&case),
         Command::BenchGuest { case, rest } => bench::guest(&case, rest),

@@ -1,5 +1,6 @@
 //! The `vox-shm` command: argument handling, demo, a quick benchmark case,
-//! and `inspect` on live, foreign and corrupt segments.
+//! `inspect` on live, foreign and corrupt segments, and `clean` after a
+//! host is killed with SIGKILL.
 
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ fn help_and_bad_arguments() {
     let out = run(&["--help"]);
     assert!(out.status.success());
     let t = text(&out);
-    for cmd in ["demo", "bench", "inspect"] {
+    for cmd in ["demo", "bench", "inspect", "clean"] {
         assert!(t.contains(cmd), "help lists {cmd}: {t}");
     }
     assert!(!t.contains("bench-guest"), "internal subcommands stay hidden");
@@ -113,12 +114,14 @@ fn inspect_shows_a_live_segment_without_changing_it() {
     assert!(t.contains("host→guest") && t.contains("100/4096"), "ring fill shown: {t}");
     assert!(t.contains("guest 1: 1"), "slot owner shown: {t}");
     assert!(t.contains("wake-on-demand"), "features shown: {t}");
+    assert!(t.contains("in use: yes"), "this process holds it: {t}");
     let out = run(&["inspect", "--json", path.to_str().unwrap()]);
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["peers"][0]["pid"], 4321);
     assert_eq!(j["peers"][0]["h2g"]["used"], 100);
     assert_eq!(j["slot_classes"][0]["free"], 7);
+    assert_eq!(j["in_use"], true);
     assert_eq!(std::fs::read(&path).unwrap(), before, "inspect must not write to the segment");
 }
 
@@ -143,4 +146,68 @@ fn inspect_refuses_foreign_and_corrupt_files_clearly() {
     let out = run(&["inspect", dir.path().join("missing").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("No such file"), "{}", text(&out));
+}
+
+/// A host killed with SIGKILL leaves its named segment file behind; once its
+/// guest has noticed and exited too, `clean` removes that file, and only that
+/// one: a live segment and a file that is not a segment stay.
+#[test]
+fn clean_removes_what_a_killed_host_left_and_nothing_else() {
+    use std::time::{Duration, Instant};
+    use vox_shm::stale::{check, FileState};
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.shm");
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, b"not a segment").unwrap();
+    let (live, _seg) = live_segment(dir.path());
+    /// Kills the host even if an assertion fails first.
+    struct Host(std::process::Child);
+    impl Drop for Host {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut host = Host(
+        Command::new(BIN)
+            .args(["demo", "--rounds", "100000000", "--path", dead.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("the host's segment is in use", &|| matches!(check(&dead), FileState::InUse));
+    let out = run(&["clean", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dead.exists() && live.exists(), "nothing is removed while in use: {}", text(&out));
+    assert!(text(&out).contains("in use: 2"), "{}", text(&out));
+
+    host.0.kill().unwrap(); // SIGKILL: no destructor runs, the file stays
+    host.0.wait().unwrap();
+    assert!(dead.exists());
+    // Its guest holds the same open file until it sees the host die.
+    until("the killed host's segment is stale", &|| matches!(check(&dead), FileState::Stale { .. }));
+    let out = run(&["inspect", dead.to_str().unwrap()]);
+    assert!(text(&out).contains("in use: no"), "{}", text(&out));
+    let out = run(&["clean", "--dry-run", dir.path().to_str().unwrap()]);
+    assert!(dead.exists(), "a dry run removes nothing");
+    assert!(text(&out).contains("would remove") && text(&out).contains("dead.shm"), "{}", text(&out));
+
+    let out = run(&["clean", dir.path().to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("removed") && t.contains("dead.shm") && t.contains("removed: 1 segment file(s)"), "{t}");
+    assert!(!dead.exists(), "the stale segment is gone");
+    assert!(live.exists(), "the live segment stays");
+    assert!(foreign.exists(), "a file that is not a segment stays");
+    let out = run(&["clean", foreign.to_str().unwrap()]);
+    assert!(text(&out).contains("not a segment"), "a named foreign file is reported: {}", text(&out));
+    assert!(foreign.exists());
 }

@@ -13,6 +13,7 @@ pub mod link;
 pub mod mmap_registry;
 pub mod segment;
 pub mod shm_link;
+pub mod stale;
 
 /// Slot pool types (re-exported from `shm-primitives`).
 pub mod varslot {

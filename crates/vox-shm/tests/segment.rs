@@ -349,3 +349,30 @@ proptest! {
         }
     }
 }
+
+/// A named segment is in use while its creator, or anyone holding a duplicate
+/// of its descriptor (a spawned guest), has it open; then it is stale, and
+/// only then does `remove_if_stale` remove it.
+#[test]
+fn a_segment_is_in_use_while_any_holder_of_its_descriptor_lives() {
+    use vox_shm::stale::{check, remove_if_stale, FileState};
+    let dir = tempfile::tempdir().unwrap();
+    let (path, seg) = create_example(dir.path(), Features::ALL);
+    assert!(matches!(check(&path), FileState::InUse));
+    assert!(matches!(remove_if_stale(&path), FileState::InUse));
+    let passed_to_guest = seg.try_clone_fd().unwrap();
+    drop(seg); // `Manual`: the file stays
+    assert!(matches!(remove_if_stale(&path), FileState::InUse), "the guest's descriptor still holds it");
+    assert!(path.exists());
+    drop(passed_to_guest);
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(matches!(check(&path), FileState::Stale { bytes } if bytes == size));
+    assert!(path.exists(), "check only looks");
+    assert!(matches!(remove_if_stale(&path), FileState::Stale { .. }));
+    assert!(!path.exists());
+    // A file that is not a segment is never touched.
+    let other = dir.path().join("other");
+    std::fs::write(&other, [0u8; 4096]).unwrap();
+    assert!(matches!(remove_if_stale(&other), FileState::NotASegment(AttachError::BadHeader(_))));
+    assert!(other.exists());
+}
