@@ -33,6 +33,14 @@ pub fn run(path: Option<PathBuf>, rounds: u32) -> Res {
         size_classes: &CLASSES,
         ..SegmentConfig::default()
     };
+    let rt = runtime()?;
+    // Catch Ctrl-C and SIGTERM before the file exists, so no signal can end
+    // the process between its creation and its removal.
+    let signals = {
+        let _in_runtime = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+    };
     let segment = Arc::new(Segment::create(&path, config, FileCleanup::UnlinkOnDrop)?);
     println!(
         "host  pid {}: created {} ({} KiB: {} guest slots, {} KiB rings, slots {}x4 KiB + {}x64 KiB)",
@@ -44,9 +52,8 @@ pub fn run(path: Option<PathBuf>, rounds: u32) -> Res {
         CLASSES[0].slot_count,
         CLASSES[1].slot_count,
     );
-    let rt = runtime()?;
     let hub = HostHub::new(segment.clone());
-    let (stats, status) = rt.block_on(async {
+    let work = async {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("demo-guest");
         let (link, mut child) = spawn_guest(&hub, cmd)?;
@@ -88,6 +95,15 @@ pub fn run(path: Option<PathBuf>, rounds: u32) -> Res {
         }
         let status = tokio::task::spawn_blocking(move || child.wait()).await??;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((stats, status))
+    };
+    // Ctrl-C or SIGTERM ends the demo through the normal error path, so the
+    // segment file is removed (and the guest sees its host go) instead of
+    // being left behind.
+    let (stats, status) = rt.block_on(async {
+        tokio::select! {
+            r = work => r,
+            s = interrupted(signals) => Err(format!("interrupted by {s}; removing {}", path.display()).into()),
+        }
     })?;
     println!(
         "\nhost sent {} inline / {} slot / {} mapping messages, rang the doorbell {} times, slept {} times",
@@ -132,5 +148,13 @@ pub fn human_size(n: usize) -> String {
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
         n => format!("{n} B"),
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn interrupted((mut int, mut term): (tokio::signal::unix::Signal, tokio::signal::unix::Signal)) -> &'static str {
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }

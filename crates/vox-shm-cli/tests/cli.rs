@@ -211,3 +211,33 @@ fn clean_removes_what_a_killed_host_left_and_nothing_else() {
     assert!(text(&out).contains("not a segment"), "a named foreign file is reported: {}", text(&out));
     assert!(foreign.exists());
 }
+
+/// Ctrl-C or SIGTERM ends the demo cleanly: its segment file is removed.
+#[test]
+fn a_terminated_demo_removes_its_segment_file() {
+    use std::time::{Duration, Instant};
+    use vox_shm::stale::{check, FileState};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.shm");
+    let mut host = Command::new(BIN)
+        .args(["demo", "--rounds", "100000000", "--path", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !matches!(check(&path), FileState::InUse) {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = host.kill();
+            panic!("the demo never created its segment");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill").args(["-TERM", &host.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = host.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    assert!(!path.exists(), "the segment file is removed on SIGTERM");
+}
