@@ -105,6 +105,10 @@ pub enum CreateError {
     /// The file could not be created or mapped.
     #[error("cannot create segment file: {0}")]
     Io(#[from] io::Error),
+    /// A file at the path is held by a live process (another host, or a guest
+    /// of one), so it is not replaced.
+    #[error("{0} is in use by a live host or guest; not replacing it")]
+    InUse(std::path::PathBuf),
 }
 
 /// Why a segment could not be attached.
@@ -283,8 +287,17 @@ impl Segment {
     /// Creates a segment file at `path` (spec A1.3, with B8: everything is
     /// initialised first and the magic is published last, mode 0600 unless
     /// `options.mode` says otherwise).
+    ///
+    /// A file already at `path` is replaced (never truncated), unless a live
+    /// process holds it ([`crate::stale`]): then this fails with
+    /// [`CreateError::InUse`] rather than take the name from a running host.
     pub fn create_with(path: &Path, config: SegmentConfig<'_>, options: CreateOptions) -> Result<Segment, CreateError> {
         let layout = Self::plan(&config)?;
+        if let Ok(old) = std::fs::File::open(path) {
+            if matches!(shm_primitives::mmap::try_lock_exclusive(&old), Ok(false)) {
+                return Err(CreateError::InUse(path.to_owned()));
+            }
+        }
         let region = MmapRegion::create(path, layout.total_size as usize, options.cleanup, options.mode)?;
         Ok(Self::initialise(region, layout, &config, options.host_features)?)
     }

@@ -376,3 +376,20 @@ fn a_segment_is_in_use_while_any_holder_of_its_descriptor_lives() {
     assert!(matches!(remove_if_stale(&other), FileState::NotASegment(AttachError::BadHeader(_))));
     assert!(other.exists());
 }
+
+/// A host never takes the name of a segment another live process holds; a
+/// file left behind by a host that is gone is replaced.
+#[test]
+fn create_refuses_a_live_segment_and_replaces_a_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, first) = create_example(dir.path(), Features::ALL);
+    let err = Segment::create(&path, example_config(), FileCleanup::Manual).unwrap_err();
+    assert!(matches!(&err, CreateError::InUse(p) if p == &path), "{err}");
+    assert!(first.peer_table().iter().count() > 0, "the live segment is untouched");
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    drop(first); // `Manual`: the file stays behind, held by nobody
+    let second = Segment::create(&path, example_config(), FileCleanup::UnlinkOnDrop).unwrap();
+    assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino, "a new file took the name");
+    drop(second);
+    assert!(!path.exists());
+}
