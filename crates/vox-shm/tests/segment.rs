@@ -386,10 +386,12 @@ fn create_refuses_a_live_segment_and_replaces_a_stale_one() {
     let err = Segment::create(&path, example_config(), FileCleanup::Manual).unwrap_err();
     assert!(matches!(&err, CreateError::InUse(p) if p == &path), "{err}");
     assert!(first.peer_table().iter().count() > 0, "the live segment is untouched");
-    let ino = std::fs::metadata(&path).unwrap().ino();
+    apply_golden_peer_change(&first); // guest 1 Attached: a mark to look for
     drop(first); // `Manual`: the file stays behind, held by nobody
     let second = Segment::create(&path, example_config(), FileCleanup::UnlinkOnDrop).unwrap();
-    assert_ne!(std::fs::metadata(&path).unwrap().ino(), ino, "a new file took the name");
-    drop(second);
+    let seen = Segment::attach(&path).unwrap();
+    let id = PeerId::new(1).unwrap();
+    assert_eq!(seen.peer_entry(id).unwrap().state(), PeerState::Empty, "a fresh file took the name");
+    drop((seen, second));
     assert!(!path.exists());
 }
