@@ -233,8 +233,9 @@ fn a_terminated_demo_removes_its_segment_file() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let killed = Command::new("kill").args(["-TERM", &host.id().to_string()]).status().unwrap();
-    assert!(killed.success());
+    let pid = libc::pid_t::try_from(host.id()).unwrap();
+    // SAFETY: `kill` with a pid of our own child that has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let out = host.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
