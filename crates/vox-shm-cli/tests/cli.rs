@@ -148,41 +148,50 @@ fn inspect_refuses_foreign_and_corrupt_files_clearly() {
     assert!(text(&out).contains("No such file"), "{}", text(&out));
 }
 
+/// A long-running `vox-shm demo` host, killed even if an assertion fails
+/// first.
+struct Host(std::process::Child);
+
+impl Host {
+    fn demo(path: &std::path::Path, stderr: std::process::Stdio) -> Host {
+        let child = Command::new(BIN)
+            .args(["demo", "--rounds", "100000000", "--path", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Host(child)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ok` every 20 ms; fails the test after 30 s.
+fn until(what: &str, ok: &dyn Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A host killed with SIGKILL leaves its named segment file behind; once its
 /// guest has noticed and exited too, `clean` removes that file, and only that
 /// one: a live segment and a file that is not a segment stay.
 #[test]
 fn clean_removes_what_a_killed_host_left_and_nothing_else() {
-    use std::time::{Duration, Instant};
     use vox_shm::stale::{check, FileState};
     let dir = tempfile::tempdir().unwrap();
     let dead = dir.path().join("dead.shm");
     let foreign = dir.path().join("notes.txt");
     std::fs::write(&foreign, b"not a segment").unwrap();
     let (live, _seg) = live_segment(dir.path());
-    /// Kills the host even if an assertion fails first.
-    struct Host(std::process::Child);
-    impl Drop for Host {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut host = Host(
-        Command::new(BIN)
-            .args(["demo", "--rounds", "100000000", "--path", dead.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let until = |what: &str, ok: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !ok() {
-            assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let mut host = Host::demo(&dead, std::process::Stdio::null());
     until("the host's segment is in use", &|| matches!(check(&dead), FileState::InUse));
     let out = run(&["clean", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
@@ -215,30 +224,18 @@ fn clean_removes_what_a_killed_host_left_and_nothing_else() {
 /// Ctrl-C or SIGTERM ends the demo cleanly: its segment file is removed.
 #[test]
 fn a_terminated_demo_removes_its_segment_file() {
-    use std::time::{Duration, Instant};
     use vox_shm::stale::{check, FileState};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.shm");
-    let mut host = Command::new(BIN)
-        .args(["demo", "--rounds", "100000000", "--path", path.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !matches!(check(&path), FileState::InUse) {
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = host.kill();
-            panic!("the demo never created its segment");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = libc::pid_t::try_from(host.id()).unwrap();
+    let mut host = Host::demo(&path, std::process::Stdio::piped());
+    until("the demo's segment is in use", &|| matches!(check(&path), FileState::InUse));
+    let pid = libc::pid_t::try_from(host.0.id()).unwrap();
     // SAFETY: `kill` with a pid of our own child that has not been waited for.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let out = host.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut host.0.stderr.take().unwrap(), &mut err).unwrap();
+    let status = host.0.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
     assert!(!path.exists(), "the segment file is removed on SIGTERM");
 }
