@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use vox_shm::inspect::{monotonic_ns, RingSnapshot, SegmentSnapshot, SegmentView};
-use vox_shm::stale::FileState;
 
 use crate::Res;
 
@@ -229,11 +228,8 @@ pub fn run(path: &Path, json: bool, watch: bool, interval_ms: u64) -> Res {
     let view = SegmentView::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     loop {
         let snap = view.snapshot(monotonic_ns());
-        let in_use = match vox_shm::stale::check(path) {
-            FileState::InUse => Some(true),
-            FileState::Stale { .. } => Some(false),
-            FileState::NotASegment(_) | FileState::Unknown(_) => None,
-        };
+        // Already validated above: only the lock is left to look at.
+        let in_use = vox_shm::stale::lock_if_unheld(path).ok().map(|unheld| unheld.is_none());
         let text =
             if json { serde_json::to_string_pretty(&to_json(&snap, in_use))? } else { render(path, &snap, in_use) };
         if watch {

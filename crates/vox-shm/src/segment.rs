@@ -293,10 +293,9 @@ impl Segment {
     /// [`CreateError::InUse`] rather than take the name from a running host.
     pub fn create_with(path: &Path, config: SegmentConfig<'_>, options: CreateOptions) -> Result<Segment, CreateError> {
         let layout = Self::plan(&config)?;
-        if let Ok(old) = std::fs::File::open(path) {
-            if matches!(shm_primitives::mmap::try_lock_exclusive(&old), Ok(false)) {
-                return Err(CreateError::InUse(path.to_owned()));
-            }
+        // A missing file, or one whose lock cannot be judged, is replaced.
+        if let Ok(None) = crate::stale::lock_if_unheld(path) {
+            return Err(CreateError::InUse(path.to_owned()));
         }
         let region = MmapRegion::create(path, layout.total_size as usize, options.cleanup, options.mode)?;
         Ok(Self::initialise(region, layout, &config, options.host_features)?)

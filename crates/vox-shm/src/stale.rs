@@ -62,20 +62,24 @@ pub fn remove_if_stale(path: &Path) -> FileState {
     examine(path, true)
 }
 
+/// The file at `path`, opened and locked exclusively, if no live process
+/// holds it (`Ok(None)` if one does). Nothing about its contents is checked;
+/// the lock goes when the returned file is closed.
+pub fn lock_if_unheld(path: &Path) -> io::Result<Option<File>> {
+    let file = File::open(path)?;
+    Ok(try_lock_exclusive(&file)?.then_some(file))
+}
+
 fn examine(path: &Path, remove: bool) -> FileState {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => return FileState::NotASegment(AttachError::Io(e)),
-    };
     // Validate before judging liveness, so foreign files are reported as such.
     if let Err(e) = SegmentView::open(path) {
         return FileState::NotASegment(e);
     }
-    match try_lock_exclusive(&file) {
-        Ok(true) => {}
-        Ok(false) => return FileState::InUse,
+    let file = match lock_if_unheld(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return FileState::InUse,
         Err(e) => return FileState::Unknown(e),
-    }
+    };
     // We now hold the exclusive lock: no host can be using this file.
     let meta = match file.metadata() {
         Ok(m) => m,
