@@ -1,6 +1,17 @@
 //! The mapping control channel (spec A6.2): a bidirectional `AF_UNIX`
-//! datagram socket pair. Each datagram announces one mapping region: a 16-byte
+//! message socket pair. Each message announces one mapping region: a 16-byte
 //! little-endian body and exactly one descriptor in an `SCM_RIGHTS` message.
+//!
+//! The pairs we create are `SOCK_SEQPACKET` on Linux, not the `SOCK_DGRAM` of
+//! vox-shm 0.3.1: on a connected datagram pair, Linux answers the first send to
+//! a peer that has died with `ECONNREFUSED` *and purges the sender's own
+//! receive queue* (`unix_dgram_disconnected`), so a host announcing a region to
+//! a guest that just died would destroy the announcements that guest sent
+//! last, and the messages that name them could never be resolved. A seqpacket
+//! pair keeps what the dead peer sent readable until end of stream; the message
+//! boundaries, descriptor passing and calls are the same, so a 0.3.1 guest
+//! uses it unchanged. A guest adopts either type ([`adopt`]): towards a 0.3.1
+//! host the channel stays a datagram pair, with the hazard above.
 //!
 //! Anything else — a short or long body, no descriptor, two descriptors, a
 //! truncated control message, a foreign control message — is a typed
@@ -87,10 +98,53 @@ pub enum ControlError {
     },
 }
 
-/// Creates a connected control pair `(host end, guest end)`: datagram
-/// sockets, non-blocking, close-on-exec. Each end both sends and receives.
+/// The socket type of the control pairs we create (see the module docs).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+pub const SOCKET_TYPE: libc::c_int = libc::SOCK_SEQPACKET;
+/// The socket type of the control pairs we create (see the module docs).
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+pub const SOCKET_TYPE: libc::c_int = libc::SOCK_DGRAM;
+
+/// Creates a connected control pair `(host end, guest end)`: seqpacket
+/// sockets on Linux (datagram elsewhere), non-blocking, close-on-exec. Each
+/// end both sends and receives.
 pub fn create_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    fd::socketpair(libc::SOCK_DGRAM)
+    fd::socketpair(SOCKET_TYPE)
+}
+
+/// Takes ownership of an inherited control descriptor, after checking that it
+/// is a Unix message socket: seqpacket (ours) or datagram (vox-shm 0.3.1's).
+///
+/// # Safety
+/// As for [`fd::adopt_fd`]: the descriptor is owned by nothing else here.
+pub unsafe fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: forwarded to the caller's contract.
+    let owned = unsafe { fd::adopt_fd(raw, None) }?;
+    check_type(owned.as_fd())?;
+    Ok(owned)
+}
+
+/// Checks that `sock` can carry the control channel (seqpacket or datagram).
+pub fn check_type(sock: BorrowedFd<'_>) -> io::Result<()> {
+    match fd::unix_socket_type(sock)? {
+        libc::SOCK_SEQPACKET | libc::SOCK_DGRAM => Ok(()),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("mapping control fd {} has socket type {other}, expected seqpacket or datagram", sock.as_raw_fd()),
+        )),
+    }
+}
+
+/// One error for "the peer is gone" on a send: `BrokenPipe`. Linux reports a
+/// dead peer as `EPIPE` on a seqpacket pair but as `ECONNREFUSED` (first send)
+/// or `ECONNRESET`/`ENOTCONN` on a datagram pair.
+fn peer_gone_is_broken_pipe(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::ENOTCONN | libc::EPIPE) => {
+            io::Error::new(io::ErrorKind::BrokenPipe, format!("mapping control peer is gone: {e}"))
+        }
+        _ => e,
+    }
 }
 
 /// The sending side of a control channel.
@@ -110,9 +164,10 @@ impl MmapControlSender {
     }
 
     /// Sends one attach message with `region` attached, without waiting. A full
-    /// socket buffer is `WouldBlock`.
+    /// socket buffer is `WouldBlock`; a peer that is gone is `BrokenPipe`.
     pub fn try_send(&self, region: BorrowedFd<'_>, msg: &MmapAttachMessage) -> io::Result<()> {
         send_with_fds(self.fd.get_ref().as_fd(), &msg.to_le_bytes(), &[region.as_raw_fd()])
+            .map_err(peer_gone_is_broken_pipe)
     }
 
     /// Sends one attach message, waiting for buffer space if needed.
@@ -244,6 +299,10 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<(usi
         match e.kind() {
             io::ErrorKind::Interrupted => continue,
             io::ErrorKind::WouldBlock => return Ok(None),
+            // The peer closed with messages of ours unread. The kernel reports
+            // that once (and clears it); what the peer sent before it went is
+            // still queued behind it, then end of stream follows.
+            io::ErrorKind::ConnectionReset => continue,
             _ => return Err(e.into()),
         }
     };
@@ -334,6 +393,36 @@ mod tests {
         f.rewind().unwrap();
         f.read_to_string(&mut got).unwrap();
         assert_eq!(got, "region bytes");
+    }
+
+    #[tokio::test]
+    async fn what_a_dead_peer_sent_survives_our_send_to_it() {
+        // The root cause of lost messages after kill -9 on a datagram pair:
+        // the first send to a dead peer purges the sender's receive queue.
+        let (a, b) = create_pair().unwrap();
+        let (tx_a, rx_a) =
+            (MmapControlSender::new(a.try_clone().unwrap()).unwrap(), MmapControlReceiver::new(a).unwrap());
+        let f = tempfile::tempfile().unwrap();
+        send_with_fds(b.as_fd(), &msg().to_le_bytes(), &[f.as_raw_fd()]).unwrap();
+        drop(b); // the peer dies with its announcement unread
+        let err = tx_a.try_send(f.as_fd(), &msg()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "one error for a dead peer: {err:?}");
+        assert_eq!(rx_a.try_recv().unwrap().map(|m| m.0), Some(msg()), "the dead peer's announcement is kept");
+        assert!(matches!(rx_a.try_recv(), Err(ControlError::Closed)), "then end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_dies_with_our_messages_unread_still_delivers_its_own() {
+        let (a, b) = create_pair().unwrap();
+        let (tx_a, rx_a) =
+            (MmapControlSender::new(a.try_clone().unwrap()).unwrap(), MmapControlReceiver::new(a).unwrap());
+        let f = tempfile::tempfile().unwrap();
+        tx_a.try_send(f.as_fd(), &msg()).unwrap(); // never read by b
+        send_with_fds(b.as_fd(), &msg().to_le_bytes(), &[f.as_raw_fd()]).unwrap();
+        drop(b);
+        // Linux reports ECONNRESET once here; the message behind it is kept.
+        assert_eq!(rx_a.recv().await.unwrap().0, msg());
+        assert!(matches!(rx_a.try_recv(), Err(ControlError::Closed)));
     }
 
     #[tokio::test]

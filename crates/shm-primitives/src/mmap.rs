@@ -403,6 +403,22 @@ fn seal_against_shrinking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Seals `fd` against shrinking if it is not sealed yet and can be (a memfd
+/// created with sealing allowed whose seals are not sealed). Returns whether it
+/// is sealed now: only then may a peer's file be mapped, since a peer that can
+/// truncate it would turn our next read into `SIGBUS`. Always false off Linux.
+pub fn try_seal_against_shrinking(fd: BorrowedFd<'_>) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        if !is_sealed_against_shrinking(fd) {
+            // SAFETY: plain fcntl on a borrowed, open descriptor; failure
+            // (EPERM: sealing not allowed, EINVAL: not a memfd) is reported below.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        }
+    }
+    is_sealed_against_shrinking(fd)
+}
+
 /// True if `fd` is a memfd sealed against shrinking (so mapping it is safe from
 /// a peer truncating it later). Always false off Linux.
 pub fn is_sealed_against_shrinking(fd: BorrowedFd<'_>) -> bool {

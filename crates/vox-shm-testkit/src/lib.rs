@@ -133,3 +133,41 @@ pub fn check_large(seq: u64, len: usize, got: &[u8]) -> Result<(), String> {
         Err(format!("large message {seq} ({len} bytes) is corrupt"))
     }
 }
+
+/// A count one process publishes for another in the first 8 bytes of a
+/// shared file: the crash tests' guest stores how many messages it has
+/// committed, and the host reads it after killing the guest (a dead process's
+/// stores to a shared mapping stay visible).
+pub struct CommitCounter {
+    map: shm_primitives::mmap::MmapRegion,
+}
+
+impl CommitCounter {
+    /// Creates `path` (8 zero bytes) and maps it.
+    pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
+        std::fs::write(path, [0u8; 8])?;
+        Self::open(path)
+    }
+
+    /// Maps an existing counter file.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(CommitCounter { map: shm_primitives::mmap::MmapRegion::attach(path)? })
+    }
+
+    fn word(&self) -> &std::sync::atomic::AtomicU64 {
+        let p = self.map.region().typed::<std::sync::atomic::AtomicU64>(0).expect("8-byte file");
+        // SAFETY: offset 0 of a live, page-aligned mapping of at least 8 bytes;
+        // any bits are a valid AtomicU64; the borrow is tied to `self`.
+        unsafe { p.as_ref() }
+    }
+
+    /// Stores `n` (Release: after the commits it counts).
+    pub fn set(&self, n: u64) {
+        self.word().store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Loads the count.
+    pub fn get(&self) -> u64 {
+        self.word().load(std::sync::atomic::Ordering::Acquire)
+    }
+}

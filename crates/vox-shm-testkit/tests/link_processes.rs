@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vox_shm::{Link, LinkOptions, LinkTx, ShmLinkRx, ShmLinkRxError};
+use std::os::unix::process::ExitStatusExt;
+
+use vox_shm::{Link, LinkOptions, LinkTx, LinkTxPermit, ShmLinkRx, ShmLinkRxError};
 use vox_shm_testkit::check_payload;
 use vox_shm_testkit::harness::{finish, hub, mixed, recv, send, spawn, spawn_opts, LIMIT, SMALL_POOL};
 
@@ -128,6 +130,66 @@ async fn sigkill_delivers_everything_committed_then_reports_death() {
     }
     let again = hub.prepare_peer().unwrap();
     assert_eq!(again.peer_id().get(), 1);
+}
+
+/// The guest announces mapping regions and dies before the host reads them;
+/// the host then announces a region of its own to the dead guest. On a
+/// datagram control pair that send purged the guest's announcements and its
+/// mapping-tier messages could not be resolved (defect: lost after kill -9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_announcing_to_a_dead_guest_still_delivers_the_guests_mapping_messages() {
+    const N: u64 = 40; // four 20 kB mapping-tier messages among them
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 1 << 16, &SMALL_POOL, 1);
+    let (link, child) = spawn(PEER, &hub, &["send-then-die", &N.to_string()]);
+    let (tx, mut rx) = link.split();
+    let permit = tx.reserve().await.unwrap(); // taken while the guest lives
+    let out = tokio::task::spawn_blocking(move || vox_shm_testkit::wait_bounded(child, LIMIT)).await.unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "the guest killed itself: {out:?}");
+    // A new mapping region: announced on the control channel to a dead peer.
+    let Err(err) = permit.alloc(100_000) else { panic!("alloc to a dead peer succeeded") };
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err:?}");
+    for seq in 0..N {
+        let m = recv(&mut rx).await.unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        check_payload(seq, mixed(seq), m.expect("message").as_bytes()).unwrap();
+    }
+    assert!(matches!(recv(&mut rx).await, Err(ShmLinkRxError::PeerDead { peer: 1 })));
+}
+
+/// A guest that cannot be trusted with a mapping: a file nobody can seal is
+/// read by copy (so truncating it later is a typed error, not SIGBUS in the
+/// host), and a peer that claims our features must send sealed regions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_truncating_its_mapping_region_cannot_fault_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    let (bad, mut child) = spawn(PEER, &hub, &["hostile", "truncate-mmap"]);
+    let (_tx, mut rx) = bad.split();
+    let first = recv(&mut rx).await.unwrap().expect("first payload");
+    assert_eq!(first.as_bytes(), &[7u8; 100][..], "an unsealed region is read, by copy");
+    let err = recv(&mut rx).await.expect_err("the truncated region");
+    assert!(
+        matches!(
+            err,
+            ShmLinkRxError::MmapResolve { error: vox_shm::mmap_registry::MmapResolveError::Unreadable { .. }, .. }
+        ),
+        "{err:?}"
+    );
+    drop(first); // still readable after the truncation: it is our copy
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (bad, mut child) = spawn(PEER, &hub, &["hostile", "unsealed-mmap"]);
+    let (_tx, mut rx) = bad.split();
+    let err = recv(&mut rx).await.expect_err("an unsealed region from a peer with our features");
+    assert!(
+        matches!(
+            err,
+            ShmLinkRxError::MmapResolve { error: vox_shm::mmap_registry::MmapResolveError::BadRegion { .. }, .. }
+        ),
+        "{err:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

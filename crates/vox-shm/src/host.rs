@@ -299,8 +299,8 @@ pub unsafe fn guest_link_from_raw(
     let (bell, rx, tx) = unsafe {
         (
             DoorbellHandle::from_fd(fd::adopt_fd(doorbell_fd, Some(libc::SOCK_STREAM))?),
-            fd::adopt_fd(mmap_rx_fd, Some(libc::SOCK_DGRAM))?,
-            fd::adopt_fd(mmap_tx_fd, Some(libc::SOCK_DGRAM))?,
+            control::adopt(mmap_rx_fd)?,
+            control::adopt(mmap_tx_fd)?,
         )
     };
     guest_link_from_parts(segment, peer_id, bell, tx, rx, claim_reserved, LinkOptions::default())
@@ -406,10 +406,10 @@ impl GuestArgs {
         // SAFETY: as above.
         let bell = DoorbellHandle::from_fd(unsafe { fd::adopt_fd(self.doorbell_fd, Some(libc::SOCK_STREAM)) }?);
         // SAFETY: as above.
-        let rx = unsafe { fd::adopt_fd(self.mmap_control_fd, Some(libc::SOCK_DGRAM)) }?;
+        let rx = unsafe { control::adopt(self.mmap_control_fd) }?;
         let tx = match self.mmap_tx_fd {
             // SAFETY: as above.
-            Some(n) => unsafe { fd::adopt_fd(n, Some(libc::SOCK_DGRAM)) }?,
+            Some(n) => unsafe { control::adopt(n) }?,
             // The channel is bidirectional: a duplicate of the receiving end
             // sends (spec B10), no inherited descriptor needed.
             None => rx.as_fd().try_clone_to_owned()?,

@@ -11,9 +11,14 @@
 //! stay mapped. A region id that is given a new file bumps its generation.
 //!
 //! Receiver side, [`MmapAttachments`]: every announced region is checked (a
-//! regular file, at least as long as announced, sealed against shrinking when
-//! the peer is one of ours) before it is mapped, and the number and size of
-//! live mappings are bounded.
+//! regular file, at least as long as announced) and the number and size of
+//! live regions are bounded. Only a region sealed against shrinking is mapped
+//! (we add the seal ourselves where the file allows it): a peer that could
+//! truncate a file we have mapped would turn our next read of it into
+//! `SIGBUS`. A region that cannot be sealed (vox-shm 0.3.1 sends plain
+//! temporary files) is read with `pread` into a private copy per payload
+//! instead; a truncated file then gives a short read, a typed error. Our own
+//! peers must send sealed regions.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shm_primitives::mmap::{is_sealed_against_shrinking, Mapping, MmapRegion};
+use shm_primitives::mmap::{try_seal_against_shrinking, Mapping, MmapRegion};
 use shm_primitives_async::control::{ControlError, MmapAttachMessage, MmapControlReceiver, MmapControlSender};
 
 use crate::framing::MmapRef;
@@ -301,6 +306,23 @@ pub enum MmapResolveError {
         /// How long we waited for the announcement.
         waited: Duration,
     },
+    /// The control channel reached end of stream (the peer closed it or died)
+    /// before this region was announced: it never will be.
+    #[error("mapping {map_id} generation {map_generation} was never announced (the control channel closed)")]
+    NeverAnnounced {
+        /// Region id.
+        map_id: u32,
+        /// Region generation.
+        map_generation: u32,
+    },
+    /// An unsealed region could not be read (the peer truncated it).
+    #[error("payload of region {map_id} could not be read: {reason}")]
+    Unreadable {
+        /// Region id.
+        map_id: u32,
+        /// The read error.
+        reason: String,
+    },
     /// The payload lies outside the region.
     #[error("payload {map_offset}+{payload_len} is outside mapping {map_id} of {mapping_length} bytes")]
     OutOfBounds {
@@ -323,10 +345,19 @@ pub enum MmapResolveError {
     },
 }
 
-/// A region mapped on the receiving side.
+/// How the receiving side holds a region.
+#[derive(Debug)]
+enum Held {
+    /// Sealed against shrinking: mapped, payloads are zero-copy.
+    Mapped(Mapping),
+    /// Could not be sealed: kept open and read with `pread`.
+    Copied { file: std::fs::File, len: u64 },
+}
+
+/// A region on the receiving side.
 #[derive(Debug)]
 pub struct AttachedMapping {
-    region: Mapping,
+    held: Held,
     /// Region id.
     pub map_id: u32,
     /// Region generation.
@@ -334,33 +365,59 @@ pub struct AttachedMapping {
 }
 
 impl AttachedMapping {
-    /// Bytes mapped.
+    /// Bytes in the region, as announced.
     pub fn mapping_length(&self) -> u64 {
-        self.region.len() as u64
+        match &self.held {
+            Held::Mapped(m) => m.len() as u64,
+            Held::Copied { len, .. } => *len,
+        }
     }
 
-    /// The payload bytes at `[offset, offset + len)` (checked by `resolve`).
+    /// True if payloads from this region are zero-copy (it is sealed and mapped).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.held, Held::Mapped(_))
+    }
+
+    /// The payload bytes at `[offset, offset + len)` of a mapped region
+    /// (bounds checked by `resolve`).
     fn bytes(&self, offset: u64, len: u32) -> &[u8] {
-        let p = self.region.region().range(offset, u64::from(len)).expect("bounds checked in resolve");
-        // SAFETY: in bounds of a mapping that lives as long as `self`. The
-        // sender does not write a payload after committing it (a hostile sender
-        // could, changing the bytes we read, but not their location or size).
+        let Held::Mapped(m) = &self.held else { return &[] };
+        let p = m.region().range(offset, u64::from(len)).expect("bounds checked in resolve");
+        // SAFETY: in bounds of a mapping that lives as long as `self`, of a file
+        // sealed against shrinking (so no access can fault). The sender does
+        // not write a payload after committing it (a hostile sender could,
+        // changing the bytes we read, but not their location or size).
         unsafe { std::slice::from_raw_parts(p.as_ptr(), len as usize) }
+    }
+
+    /// Reads `[offset, offset + len)` of an unsealed region into a private copy.
+    fn read_copy(&self, offset: u64, len: u32) -> io::Result<Box<[u8]>> {
+        use std::os::unix::fs::FileExt;
+        let Held::Copied { file, .. } = &self.held else { return Ok(self.bytes(offset, len).into()) };
+        // A file on a FUSE mount could block this read; a peer's file is a
+        // memfd or a temporary file in practice, where reads never block.
+        let mut buf = vec![0u8; len as usize].into_boxed_slice();
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     /// Counts `len` released bytes in the region header (extension C4).
     fn release(&self, len: u32) {
-        if self.region.len() as u64 >= REGION_HEADER_SIZE {
-            // Release: our reads of the payload happen-before the sender's
-            // Acquire load that lets it overwrite the bytes.
-            released_counter(&self.region).fetch_add(u64::from(len), Ordering::Release);
+        if let Held::Mapped(m) = &self.held {
+            if m.len() as u64 >= REGION_HEADER_SIZE {
+                // Release: our reads of the payload happen-before the sender's
+                // Acquire load that lets it overwrite the bytes.
+                released_counter(m).fetch_add(u64::from(len), Ordering::Release);
+            }
         }
     }
 }
 
-/// A received mapping-tier payload: zero-copy, keeps its region mapped.
+/// A received mapping-tier payload: zero-copy, keeps its region mapped (or,
+/// from a region that could not be sealed, a private copy).
 pub struct MmapBacking {
     mapping: Arc<AttachedMapping>,
+    copy: Option<Box<[u8]>>,
     offset: u64,
     len: u32,
     count_release: bool,
@@ -378,7 +435,10 @@ impl MmapBacking {
 
 impl crate::link::SharedBacking for MmapBacking {
     fn as_bytes(&self) -> &[u8] {
-        self.mapping.bytes(self.offset, self.len)
+        match &self.copy {
+            Some(c) => c,
+            None => self.mapping.bytes(self.offset, self.len),
+        }
     }
 }
 
@@ -400,6 +460,8 @@ pub struct MmapAttachments {
     maps: HashMap<u32, Arc<AttachedMapping>>,
     bytes: u64,
     failed: Option<String>,
+    /// The channel reached end of stream: every announcement is in `maps`.
+    closed: bool,
     require_sealed: bool,
 }
 
@@ -409,7 +471,7 @@ impl MmapAttachments {
     /// those; a file that can be truncated under our mapping would turn our
     /// next read into `SIGBUS`).
     pub fn new(control: MmapControlReceiver, require_sealed: bool) -> Self {
-        MmapAttachments { control, maps: HashMap::new(), bytes: 0, failed: None, require_sealed }
+        MmapAttachments { control, maps: HashMap::new(), bytes: 0, failed: None, closed: false, require_sealed }
     }
 
     /// Sets whether announced regions must be sealed against shrinking.
@@ -440,7 +502,9 @@ impl MmapAttachments {
                 return Ok(()); // announced twice: keep the first, close this fd
             }
         }
-        if self.require_sealed && !is_sealed_against_shrinking(fd.as_fd()) {
+        // Seal before the length check, so the file cannot shrink after it.
+        let sealed = try_seal_against_shrinking(fd.as_fd());
+        if self.require_sealed && !sealed {
             return Err(bad("not sealed against shrinking".into()));
         }
         let len = usize::try_from(msg.mapping_length).map_err(|_| bad("length does not fit in memory".into()))?;
@@ -448,32 +512,50 @@ impl MmapAttachments {
         if self.maps.len() >= MAX_ATTACHED_MAPPINGS && replaced == 0 {
             return Err(bad(format!("more than {MAX_ATTACHED_MAPPINGS} regions")));
         }
-        if self.bytes - replaced + msg.mapping_length > MAX_ATTACHED_BYTES {
+        // Checked: `mapping_length` is the peer's value.
+        let bytes = self.bytes.saturating_sub(replaced).checked_add(msg.mapping_length);
+        let Some(bytes) = bytes.filter(|b| *b <= MAX_ATTACHED_BYTES) else {
             return Err(bad(format!("more than {MAX_ATTACHED_BYTES} bytes of regions")));
-        }
-        let region = MmapRegion::attach_fd_with_len(fd, len).map_err(|e| bad(e.to_string()))?.into_mapping();
-        self.bytes = self.bytes - replaced + msg.mapping_length;
-        // A new generation replaces the old mapping here; payloads already
+        };
+        let held = if sealed {
+            Held::Mapped(MmapRegion::attach_fd_with_len(fd, len).map_err(|e| bad(e.to_string()))?.into_mapping())
+        } else {
+            let file = std::fs::File::from(fd);
+            let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+            if !meta.is_file() || meta.len() < msg.mapping_length || len == 0 {
+                return Err(bad(format!("file holds {} bytes, {len} were announced", meta.len())));
+            }
+            Held::Copied { file, len: msg.mapping_length }
+        };
+        self.bytes = bytes;
+        // A new generation replaces the old region here; payloads already
         // delivered from it keep it alive through their own `Arc`.
         self.maps.insert(
             msg.map_id,
-            Arc::new(AttachedMapping { region, map_id: msg.map_id, map_generation: msg.map_generation }),
+            Arc::new(AttachedMapping { held, map_id: msg.map_id, map_generation: msg.map_generation }),
         );
         Ok(())
     }
 
-    /// Maps every announcement waiting on the channel.
+    /// Maps every announcement waiting on the channel. End of stream is not
+    /// an error: the regions announced before it stay resolvable.
     pub fn drain_control(&mut self) -> Result<(), MmapResolveError> {
         if let Some(message) = &self.failed {
             return Err(MmapResolveError::ControlChannelFailure { message: message.clone() });
         }
-        loop {
+        while !self.closed {
             match self.control.try_recv() {
                 Ok(Some((msg, fd))) => self.insert(msg, fd)?,
                 Ok(None) => return Ok(()),
+                Err(ControlError::Closed) => self.closed = true,
                 Err(e) => return Err(self.fail(&e)),
             }
         }
+        Ok(())
+    }
+
+    fn is_announced(&self, m: &MmapRef) -> bool {
+        self.maps.get(&m.map_id).is_some_and(|x| x.map_generation == m.map_generation)
     }
 
     /// Resolves a reference against what is mapped: `Ok(None)` if its region
@@ -494,8 +576,15 @@ impl MmapAttachments {
                 mapping_length,
             });
         }
+        let copy = if mapping.is_mapped() {
+            None
+        } else {
+            let read = mapping.read_copy(m.map_offset, m.payload_len);
+            Some(read.map_err(|e| MmapResolveError::Unreadable { map_id: m.map_id, reason: e.to_string() })?)
+        };
         Ok(Some(MmapBacking {
             mapping: mapping.clone(),
+            copy,
             offset: m.map_offset,
             len: m.payload_len,
             count_release,
@@ -510,11 +599,15 @@ impl MmapAttachments {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             self.drain_control()?;
-            if self.maps.get(&m.map_id).is_some_and(|x| x.map_generation == m.map_generation) {
+            if self.is_announced(m) {
                 return Ok(());
+            }
+            if self.closed {
+                return Err(MmapResolveError::NeverAnnounced { map_id: m.map_id, map_generation: m.map_generation });
             }
             match tokio::time::timeout_at(deadline, self.control.recv()).await {
                 Ok(Ok((msg, fd))) => self.insert(msg, fd)?,
+                Ok(Err(ControlError::Closed)) => self.closed = true,
                 Ok(Err(e)) => return Err(self.fail(&e)),
                 Err(_) => {
                     return Err(MmapResolveError::UnknownMapping {

@@ -14,6 +14,9 @@
 //! shm-test-peer sink-large N SIZE    receive N messages of SIZE bytes (checked)
 //! shm-test-peer send N               send N mixed-size messages, then close; wait for end of stream
 //! shm-test-peer send-forever SIZE    send numbered messages until killed
+//! shm-test-peer send-then-die N      send N mixed-size messages, then SIGKILL itself (no close)
+//! shm-test-peer crash-duplex FILE    send mixed-tier messages while receiving the host's (checked),
+//!                                    storing how many it committed in FILE's first 8 bytes, until killed
 //! shm-test-peer idle                 claim the slot and never receive
 //! shm-test-peer hostile KIND         commit a bad entry (garbage|bad-slot|bad-mmap|huge-len) and wait
 //! shm-test-peer bootstrap SOCK SID   walk in over a control socket (no inherited fds), then echo
@@ -136,6 +139,32 @@ fn link_mode(mode: &str, args: &[String]) -> Res {
                     s.commit();
                 }
             }
+            "send-then-die" => {
+                send_mixed(&tx, num(args, 1)?).await?;
+                // SAFETY: raising a signal has no memory-safety preconditions.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
+            "crash-duplex" => {
+                let file = Path::new(args.get(1).ok_or("missing counter file")?);
+                let counter = vox_shm_testkit::CommitCounter::open(file)?;
+                let receiver = tokio::spawn(async move {
+                    let mut seq = 0u64;
+                    while let Some(m) = rx.recv().await? {
+                        let len = MIXED_SIZES[(seq % MIXED_SIZES.len() as u64) as usize];
+                        check_payload(seq, len, m.as_bytes())?;
+                        seq += 1;
+                    }
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                });
+                for seq in 0.. {
+                    let len = MIXED_SIZES[(seq % MIXED_SIZES.len() as u64) as usize];
+                    let mut s = tx.reserve().await?.alloc(len)?;
+                    fill_payload(seq, s.as_mut_slice());
+                    s.commit();
+                    counter.set(seq + 1);
+                }
+                receiver.await?.map_err(|e| e.to_string())?;
+            }
             "idle" => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
@@ -217,7 +246,9 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
         None => return Err("hostile mode needs --hub-path".into()),
     });
     let id: PeerId = args.peer_id;
-    segment.peer_entry(id).ok_or("no entry")?.set_guest_features(vox_shm::Features::ALL);
+    // A guest that advertises nothing is treated as vox-shm 0.3.1.
+    let features = if kind == "truncate-mmap" { vox_shm::Features::NONE } else { vox_shm::Features::ALL };
+    segment.peer_entry(id).ok_or("no entry")?.set_guest_features(features);
     segment.claim_peer(id)?;
     // SAFETY: inherited for us by spawn_guest; adopted once here.
     let bell = Doorbell::new(DoorbellHandle::from_fd(unsafe {
@@ -243,6 +274,11 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
             entry[..8].copy_from_slice(&[0, 0, 0, 0x40, 0, 0, 0, 0]);
             8
         }
+        "truncate-mmap" | "unsealed-mmap" => {
+            // SAFETY: the descriptor was inherited for us; adopted once here.
+            let ctl = unsafe { shm_primitives_async::control::adopt(args.mmap_control_fd) }?;
+            return unsealed_region(kind, &ctl, &mut tx, &bell).await;
+        }
         other => return Err(format!("unknown hostile kind {other}").into()),
     };
     tx.try_grant(n)?.ok_or("ring full")?;
@@ -250,6 +286,51 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
     tx.commit(n)?;
     bell.signal();
     println!("committed {kind}");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+/// Announces a plain memfd that nobody can seal, commits a reference to it,
+/// and for `truncate-mmap` truncates the file once the host has read the
+/// first payload and references it again (a mapped copy would then fault).
+async fn unsealed_region(
+    kind: &str,
+    ctl: &std::os::fd::OwnedFd,
+    tx: &mut shm_primitives::bipbuf::BipBufProducer,
+    bell: &shm_primitives_async::doorbell::Doorbell,
+) -> Res {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+    use vox_shm::framing;
+    // SAFETY: memfd_create with a valid C string; no sealing allowed.
+    let raw = unsafe { libc::memfd_create(c"hostile-region".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+    file.set_len(1 << 20)?;
+    std::os::unix::fs::FileExt::write_all_at(&file, &[7u8; 100], 0)?;
+    let msg =
+        shm_primitives_async::control::MmapAttachMessage { map_id: 0, map_generation: 0, mapping_length: 1 << 20 };
+    shm_primitives_async::control::send_with_fds(ctl.as_fd(), &msg.to_le_bytes(), &[file.as_raw_fd()])?;
+    let commit_ref = |tx: &mut shm_primitives::bipbuf::BipBufProducer| -> Res {
+        let mut entry = [0u8; 32];
+        let r = framing::MmapRef { map_id: 0, map_generation: 0, map_offset: 0, payload_len: 100 };
+        let n = framing::write_mmap_ref(&mut entry, &r);
+        tx.try_grant(n)?.ok_or("ring full")?;
+        tx.granted_mut().ok_or("grant")?.copy_from_slice(&entry[..n as usize]);
+        tx.commit(n)?;
+        bell.signal();
+        Ok(())
+    };
+    commit_ref(tx)?;
+    println!("committed {kind}");
+    if kind == "truncate-mmap" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        file.set_len(0)?;
+        commit_ref(tx)?;
+        println!("truncated");
+    }
     tokio::time::sleep(Duration::from_secs(3600)).await;
     Ok(())
 }
