@@ -45,6 +45,9 @@ pub mod offsets {
     pub const GUEST_TX_CLOSED: usize = 32;
     /// `guest_pid` (extension C3).
     pub const GUEST_PID: usize = 36;
+    /// `pool_ops`: the guest's slot-pool operations in flight (our extension,
+    /// read by the host's crash recovery; see `varslot`).
+    pub const POOL_OPS: usize = 40;
 }
 
 /// A guest's peer id, 1..=255. Its table index is `id - 1`; the host is not a
@@ -139,7 +142,8 @@ pub struct PeerEntry {
     host_tx_closed: AtomicU32,
     guest_tx_closed: AtomicU32,
     guest_pid: AtomicU32,
-    _reserved: [AtomicU32; 6],
+    pool_ops: AtomicU32,
+    _reserved: [AtomicU32; 5],
 }
 
 const _: () = {
@@ -152,6 +156,7 @@ const _: () = {
     assert!(offset_of!(PeerEntry, host_tx_closed) == offsets::HOST_TX_CLOSED);
     assert!(offset_of!(PeerEntry, guest_tx_closed) == offsets::GUEST_TX_CLOSED);
     assert!(offset_of!(PeerEntry, guest_pid) == offsets::GUEST_PID);
+    assert!(offset_of!(PeerEntry, pool_ops) == offsets::POOL_OPS);
 };
 
 const AR: Ordering = Ordering::AcqRel;
@@ -195,6 +200,7 @@ impl PeerEntry {
         self.host_tx_closed.store(0, Ordering::Relaxed);
         self.guest_tx_closed.store(0, Ordering::Relaxed);
         self.guest_pid.store(0, Ordering::Relaxed);
+        self.pool_ops.store(0, Ordering::Relaxed);
     }
 
     /// Host: CAS Empty→Reserved; on success bumps the epoch and clears the
@@ -208,11 +214,18 @@ impl PeerEntry {
         true
     }
 
-    /// Host: CAS Reserved→Empty (spawn failed). Returns whether it happened.
+    /// Host: Reserved→Empty (spawn failed). Returns whether it happened.
+    ///
+    /// The CAS comes first, to Goodbye (a state no guest moves out of): if the
+    /// guest claimed the entry meanwhile the CAS fails and its words are left
+    /// alone; if it succeeds, no guest can claim or attach to the entry while
+    /// its words are cleared, and Empty is published after them (Release).
     pub fn release_reserved(&self) -> bool {
-        self.clear_extensions();
-        self.last_heartbeat.store(0, Ordering::Relaxed);
-        self.state.compare_exchange(PeerState::Reserved as u32, PeerState::Empty as u32, AR, ACQ).is_ok()
+        if self.state.compare_exchange(PeerState::Reserved as u32, PeerState::Goodbye as u32, AR, ACQ).is_err() {
+            return false;
+        }
+        self.reset();
+        true
     }
 
     /// Spawned guest: CAS Reserved→Attached. The epoch is not bumped. On failure
@@ -290,6 +303,12 @@ impl PeerEntry {
     /// `side` closes its sending half, after its last commit (Release).
     pub fn set_tx_closed(&self, side: Side) {
         self.closed_flag(side).store(1, REL);
+    }
+
+    /// The guest's slot-pool operations in flight (Acquire: pairs with the
+    /// guest's counter updates; see `VarSlotPool::return_orphans`).
+    pub fn pool_ops_in_flight(&self) -> u32 {
+        self.pool_ops.load(ACQ)
     }
 
     /// Guest process id (0 = not published).
@@ -449,6 +468,22 @@ mod tests {
         assert_eq!(e.guest_pid(), 0);
         assert!(!e.release_reserved(), "already Empty");
         assert_eq!(t.find_empty(), Some(third));
+    }
+
+    /// Issue: `release_reserved` used to clear the words before its CAS, so a
+    /// release that lost to the guest's claim wiped the attached guest's
+    /// features and pid.
+    #[test]
+    fn a_release_that_loses_to_the_claim_leaves_the_guests_words() {
+        let heap = HeapRegion::new_zeroed(4096);
+        let t = table(&heap, 1);
+        let id = t.reserve().unwrap();
+        let e = t.entry(id).unwrap();
+        e.set_guest_features(Features::ALL);
+        e.set_guest_pid(4242);
+        e.try_claim_reserved().unwrap();
+        assert!(!e.release_reserved(), "the guest attached first");
+        assert_eq!((e.state(), e.guest_features(), e.guest_pid()), (PeerState::Attached, Features::ALL, 4242));
     }
 
     #[test]

@@ -7,6 +7,19 @@
 //! allocation; a free must name the current generation, so a stale or repeated
 //! free is refused instead of corrupting the list.
 //!
+//! A process can die (`kill -9`) between any two steps of an allocation or a
+//! free. Every intermediate state is recoverable:
+//! * allocate is *pop* (head CAS) → `owner_peer := owner` → generation bump →
+//!   `state := Allocated`; free is `state := Free` → `owner_peer := 0` → push.
+//!   So an Allocated slot always names its real owner (the owner is stored
+//!   before the state), and crash recovery reclaims it by owner;
+//! * a slot that died between the two ends of an operation is Free but on no
+//!   list (an *orphan*). Each process counts its operations in flight (a guest
+//!   in its peer entry, [`VarSlotPool::track_ops_in`]; the host in process
+//!   memory), and [`VarSlotPool::return_orphans`] pushes orphans back only
+//!   from a snapshot in which no live process had an operation in flight and
+//!   no free-list head moved, so it can never push a slot somebody still holds.
+//!
 //! Every guest maps the pool read-write and could scribble over it. So every
 //! index read from shared memory is checked against the class geometry this
 //! process validated (never re-read from the pool), every retry loop is bounded,
@@ -327,12 +340,71 @@ pub struct ClassUsage {
     pub invalid_state: u32,
 }
 
+/// Where this process counts the pool operations it has in flight.
+#[derive(Debug, Default)]
+struct OpsInFlight {
+    /// Offset in the region of a shared u32 counter (a guest's peer-entry
+    /// word), or 0: count in `local`.
+    shared: std::sync::atomic::AtomicU64,
+    local: AtomicU32,
+}
+
+/// Counts one pool operation in flight for as long as it lives.
+struct OpGuard<'a>(&'a AtomicU32);
+
+impl<'a> OpGuard<'a> {
+    fn new(c: &'a AtomicU32) -> Self {
+        // SeqCst, before the operation's first step: an auditor that sees any
+        // effect of the operation (a moved head, a changed state) through its
+        // Acquire loads then sees this increment too (see `return_orphans`).
+        c.fetch_add(1, Ordering::SeqCst);
+        OpGuard(c)
+    }
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        // SeqCst, after the operation's last step: an auditor that reads the
+        // decrement also sees every step before it.
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Outcome of [`VarSlotPool::return_orphans`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanAudit {
+    /// The pool was quiet; this many orphaned slots went back on their lists.
+    Done {
+        /// Slots pushed back.
+        returned: usize,
+    },
+    /// Some process had an operation in flight, or a list moved: try later.
+    Busy,
+}
+
+/// How far a crash-injection hook lets an operation run before it "dies"
+/// (for tests and loom models of recovery).
+#[doc(hidden)]
+pub const STEPS_ALLOCATE: u32 = 5;
+/// See [`STEPS_ALLOCATE`].
+#[doc(hidden)]
+pub const STEPS_FREE: u32 = 5;
+
+/// What one class's `pop` found.
+enum Popped {
+    Slot(SlotRef),
+    Empty,
+    /// Crash injection: stopped part-way.
+    Stopped,
+}
+
 /// A view of the slot pool.
 #[derive(Debug, Clone)]
 pub struct VarSlotPool {
     region: Region,
     base: u64,
     classes: Vec<ClassOffsets>,
+    ops: std::sync::Arc<OpsInFlight>,
 }
 
 fn pack(aba: u32, idx: u32) -> u64 {
@@ -382,7 +454,7 @@ impl VarSlotPool {
                 unsafe { mp.as_ptr().write(meta) };
             }
         }
-        Ok(VarSlotPool { region, base, classes: layout.classes.clone() })
+        Ok(VarSlotPool { region, base, classes: layout.classes.clone(), ops: Default::default() })
     }
 
     /// Reads the class table of an existing pool and validates it: the table
@@ -413,7 +485,35 @@ impl VarSlotPool {
     /// (normally from [`VarSlotPool::discover_configs`] and a layout check).
     pub fn attach(region: Region, base: u64, layout: &PoolLayout) -> Result<VarSlotPool, OutOfBounds> {
         Self::check_bounds(region, base, layout)?;
-        Ok(VarSlotPool { region, base, classes: layout.classes.clone() })
+        Ok(VarSlotPool { region, base, classes: layout.classes.clone(), ops: Default::default() })
+    }
+
+    /// Counts this process's operations in flight in the u32 at `offset` of the
+    /// region (a guest's peer-entry word), where the host's recovery can see
+    /// them. Without it they are counted in process memory (the host's own).
+    pub fn track_ops_in(&self, offset: u64) -> Result<(), OutOfBounds> {
+        self.region.typed::<AtomicU32>(offset)?;
+        self.ops.shared.store(offset, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn ops_counter(&self) -> &AtomicU32 {
+        let off = self.ops.shared.load(std::sync::atomic::Ordering::Acquire);
+        if off != 0 {
+            if let Ok(p) = self.region.typed::<AtomicU32>(off) {
+                // SAFETY: in bounds and aligned (checked by `typed`, and in
+                // `track_ops_in`); any bits are a valid atomic; the region
+                // outlives `self`.
+                return unsafe { p.as_ref() };
+            }
+        }
+        &self.ops.local
+    }
+
+    /// Operations this view has in flight now (its process's, if it counts
+    /// locally).
+    pub fn ops_in_flight(&self) -> u32 {
+        self.ops_counter().load(Ordering::SeqCst)
     }
 
     /// Number of size classes.
@@ -482,6 +582,25 @@ impl VarSlotPool {
     /// Allocates a slot of at least `size` bytes for `owner` (0 = host), trying
     /// the smallest fitting class first and then every larger one (spec A5.3).
     pub fn allocate(&self, size: u32, owner: u32) -> Result<SlotRef, AllocError> {
+        let _op = OpGuard::new(self.ops_counter());
+        self.allocate_steps(size, owner, u32::MAX).map(|s| s.expect("not stopped"))
+    }
+
+    /// Crash injection: allocates like [`VarSlotPool::allocate`] but stops for
+    /// good after `steps` of its [`STEPS_ALLOCATE`] steps (pop, owner,
+    /// generation, state), as a process killed there would, leaving its
+    /// operation counted in flight. `Ok(None)` if it stopped.
+    #[doc(hidden)]
+    pub fn allocate_stopping_after(&self, size: u32, owner: u32, steps: u32) -> Result<Option<SlotRef>, AllocError> {
+        let op = OpGuard::new(self.ops_counter());
+        let r = self.allocate_steps(size, owner, steps);
+        if !matches!(r, Ok(Some(_))) || steps < STEPS_ALLOCATE {
+            std::mem::forget(op); // a dead process never finishes its operation
+        }
+        r
+    }
+
+    fn allocate_steps(&self, size: u32, owner: u32, steps: u32) -> Result<Option<SlotRef>, AllocError> {
         let first = self
             .classes
             .iter()
@@ -489,27 +608,31 @@ impl VarSlotPool {
             .ok_or(AllocError::TooLarge { size, max_slot_size: self.max_slot_size() })?;
         let mut corrupt = None;
         for class in first..self.classes.len() {
-            match self.pop(class, owner) {
-                Ok(Some(slot)) => return Ok(slot),
-                Ok(None) => {}
+            match self.pop(class, owner, steps) {
+                Ok(Popped::Slot(slot)) => return Ok(Some(slot)),
+                Ok(Popped::Stopped) => return Ok(None),
+                Ok(Popped::Empty) => {}
                 Err(e) => corrupt = corrupt.or(Some(e)),
             }
         }
         Err(corrupt.unwrap_or(AllocError::Exhausted { size }))
     }
 
-    fn pop(&self, class: usize, owner: u32) -> Result<Option<SlotRef>, AllocError> {
+    fn pop(&self, class: usize, owner: u32, steps: u32) -> Result<Popped, AllocError> {
         let c = self.classes[class];
         let class_idx = class as u8;
         let h = self.header(class);
         let corrupt = |what, value| AllocError::Corrupt { class_idx, what, value };
         for _ in 0..MAX_CAS_RETRIES {
+            if steps == 0 {
+                return Ok(Popped::Stopped);
+            }
             // Acquire: pairs with the AcqRel CAS in `push`, making the pushed
             // slot's `next_free` (stored before that CAS) visible here.
             let head = h.free_head.load(Ordering::Acquire);
             let (aba, idx) = unpack(head);
             if idx == EMPTY {
-                return Ok(None);
+                return Ok(Popped::Empty);
             }
             if idx >= c.slot_count {
                 return Err(corrupt("head index", idx));
@@ -529,7 +652,29 @@ impl VarSlotPool {
                 continue;
             }
             // A slot on the free list is always Free; anything else means the
-            // list was rewritten. Leave that slot alone (whoever holds it keeps it).
+            // list was rewritten. Leave that slot alone (whoever holds it keeps
+            // it) before touching any of its words.
+            if m.state.load(Ordering::Acquire) != SlotState::Free as u32 {
+                return Err(corrupt("allocated slot on free list", idx));
+            }
+            if steps < 2 {
+                return Ok(Popped::Stopped);
+            }
+            // The owner first, then the state: an Allocated slot always names
+            // its real owner, so recovery after a crash at any step finds it
+            // by owner (Allocated) or as an orphan (Free, on no list).
+            // Release: ordered before the state CAS below.
+            m.owner_peer.store(owner, Ordering::Release);
+            if steps < 3 {
+                return Ok(Popped::Stopped);
+            }
+            let generation = m.generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+            if steps < 4 {
+                return Ok(Popped::Stopped);
+            }
+            // AcqRel: publishes the owner and generation to a receiver's
+            // Acquire load of the state. Only a peer rewriting the pool can
+            // make it fail after the check above.
             if m.state
                 .compare_exchange(
                     SlotState::Free as u32,
@@ -541,17 +686,38 @@ impl VarSlotPool {
             {
                 return Err(corrupt("allocated slot on free list", idx));
             }
-            let generation = m.generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-            // Release: visible to whoever later frees or reclaims by owner.
-            m.owner_peer.store(owner, Ordering::Release);
-            return Ok(Some(SlotRef { class_idx, extent_idx: 0, slot_idx: idx, generation }));
+            if steps < 5 {
+                return Ok(Popped::Stopped);
+            }
+            return Ok(Popped::Slot(SlotRef { class_idx, extent_idx: 0, slot_idx: idx, generation }));
         }
-        Ok(None)
+        Ok(Popped::Empty)
     }
 
     /// Frees a slot (spec A5.4): refused unless it is Allocated under exactly
     /// this generation. Clears the owner and pushes it on its free list (LIFO).
     pub fn free(&self, slot: SlotRef) -> Result<(), FreeError> {
+        let _op = OpGuard::new(self.ops_counter());
+        self.free_steps(slot, u32::MAX)
+    }
+
+    /// Crash injection: frees like [`VarSlotPool::free`] but stops for good
+    /// after `steps` of its [`STEPS_FREE`] steps (state, owner, link, push),
+    /// leaving its operation counted in flight.
+    #[doc(hidden)]
+    pub fn free_stopping_after(&self, slot: SlotRef, steps: u32) -> Result<(), FreeError> {
+        let op = OpGuard::new(self.ops_counter());
+        let r = self.free_steps(slot, steps);
+        if steps < STEPS_FREE {
+            std::mem::forget(op);
+        }
+        r
+    }
+
+    fn free_steps(&self, slot: SlotRef, steps: u32) -> Result<(), FreeError> {
+        if steps == 0 {
+            return Ok(());
+        }
         self.check(slot)?;
         let class = slot.class_idx as usize;
         let m = self.meta(class, slot.slot_idx);
@@ -565,11 +731,17 @@ impl VarSlotPool {
         m.state
             .compare_exchange(SlotState::Allocated as u32, SlotState::Free as u32, Ordering::AcqRel, Ordering::Acquire)
             .map_err(double_free)?;
+        if steps < 2 {
+            return Ok(());
+        }
         m.owner_peer.store(0, Ordering::Release);
-        self.push(class, slot.slot_idx)
+        if steps < 3 {
+            return Ok(());
+        }
+        self.push(class, slot.slot_idx, steps)
     }
 
-    fn push(&self, class: usize, idx: u32) -> Result<(), FreeError> {
+    fn push(&self, class: usize, idx: u32, steps: u32) -> Result<(), FreeError> {
         let h = self.header(class);
         let m = self.meta(class, idx);
         for _ in 0..MAX_CAS_RETRIES {
@@ -577,6 +749,9 @@ impl VarSlotPool {
             let (aba, head_idx) = unpack(head);
             // Release: the link is visible to a `pop` that Acquires this slot.
             m.next_free.store(head_idx, Ordering::Release);
+            if steps < 4 {
+                return Ok(());
+            }
             // AcqRel: publishes the slot (and all our writes to its data) to the
             // next allocator's Acquire load of the head.
             if h.free_head
@@ -587,6 +762,90 @@ impl VarSlotPool {
             }
         }
         Err(FreeError::Contended { class_idx: class as u8 })
+    }
+
+    /// Pushes back every orphan (a slot that is Free but on no list: its
+    /// process died between the two ends of an allocate or a free), if the
+    /// pool is quiet: no operation in flight in this process, none in any live
+    /// peer (`others_busy` says whether some live peer has one, or cannot
+    /// tell, like a vox-shm 0.3.1 peer), and no free-list head moved while it
+    /// looked. Otherwise it changes nothing and answers
+    /// [`OrphanAudit::Busy`]. Bounded: one walk of each list, one scan of each
+    /// class.
+    ///
+    /// Why a quiet snapshot is enough (the order: heads, counters, walk and
+    /// states, counters, heads). An operation's first step comes after its
+    /// counter's increment and its last before the decrement. A live process
+    /// that popped a slot before our first head read is seen by the first look
+    /// at the counters (the head read synchronises with its pop), or, if it has
+    /// finished since, its slot is seen Allocated. A slot a live process marked
+    /// Free is seen with that process's counter up in the second look, or, if
+    /// it has finished since, its push moved a head. Pops and pushes between
+    /// the two head reads fail the comparison; after it they only touch slots
+    /// the walk saw on a list, and an orphan is on none.
+    pub fn return_orphans(&self, others_busy: impl Fn() -> bool) -> Result<OrphanAudit, AllocError> {
+        let busy = || self.ops_in_flight() != 0 || others_busy();
+        // Read-modify-writes, not loads: each reads the latest head in its
+        // modification order (a plain load may return an older one), so equal
+        // heads before and after (tags included) mean no pop or push of that
+        // class came in between. AcqRel: the first synchronises with every
+        // push and pop before it (so their counters and links are visible to
+        // the loads that follow).
+        let heads: Vec<u64> =
+            (0..self.classes.len()).map(|c| self.header(c).free_head.fetch_add(0, Ordering::AcqRel)).collect();
+        if busy() {
+            return Ok(OrphanAudit::Busy);
+        }
+        let moved = || {
+            heads.iter().enumerate().any(|(c, h)| {
+                self.header(c).free_head.compare_exchange(*h, *h, Ordering::AcqRel, Ordering::Acquire).is_err()
+            })
+        };
+        let mut orphans = Vec::new();
+        for (class, head) in heads.iter().enumerate() {
+            let reachable = match self.walk(class, unpack(*head).1) {
+                Ok(r) => r,
+                // A list that changes under the walk can look broken.
+                Err(_) if moved() => return Ok(OrphanAudit::Busy),
+                Err(e) => return Err(e),
+            };
+            for idx in 0..self.classes[class].slot_count {
+                let m = self.meta(class, idx);
+                if !reachable[idx as usize] && m.state.load(Ordering::SeqCst) == SlotState::Free as u32 {
+                    orphans.push((class, idx));
+                }
+            }
+        }
+        if busy() || moved() {
+            return Ok(OrphanAudit::Busy);
+        }
+        for &(class, idx) in &orphans {
+            self.meta(class, idx).owner_peer.store(0, Ordering::Release);
+            self.push(class, idx, u32::MAX).map_err(|_| AllocError::Corrupt {
+                class_idx: class as u8,
+                what: "free list kept moving while returning orphan",
+                value: idx,
+            })?;
+        }
+        Ok(OrphanAudit::Done { returned: orphans.len() })
+    }
+
+    /// Marks the slots reachable from `idx` on `class`'s list (at most
+    /// `slot_count` steps; a cycle or an index out of range is corruption).
+    fn walk(&self, class: usize, mut idx: u32) -> Result<Vec<bool>, AllocError> {
+        let c = self.classes[class];
+        let corrupt = |what, value| AllocError::Corrupt { class_idx: class as u8, what, value };
+        let mut seen = vec![false; c.slot_count as usize];
+        while idx != EMPTY {
+            if idx >= c.slot_count {
+                return Err(corrupt("index", idx));
+            }
+            if std::mem::replace(&mut seen[idx as usize], true) {
+                return Err(corrupt("cycle at", idx));
+            }
+            idx = self.meta(class, idx).next_free.load(Ordering::SeqCst);
+        }
+        Ok(seen)
     }
 
     /// Frees every Allocated slot owned by `owner` (crash recovery). Returns how
@@ -824,6 +1083,57 @@ mod tests {
         r.header(0).free_head.store(pack(5, s.slot_idx), Ordering::Relaxed);
         assert!(matches!(r.allocate(1, 0), Err(AllocError::Corrupt { what: "allocated slot on free list", .. })));
         r.free(s).unwrap();
+    }
+
+    /// Another process's view of the same pool (its own operation counter).
+    fn other_view(p: &VarSlotPool) -> VarSlotPool {
+        VarSlotPool::attach(p.region, p.base, &PoolLayout::compute(&p.layout_configs()).unwrap()).unwrap()
+    }
+
+    impl VarSlotPool {
+        fn layout_configs(&self) -> Vec<SizeClassConfig> {
+            self.classes.iter().map(|c| sc(c.slot_size, c.slot_count)).collect()
+        }
+    }
+
+    fn recover(host: &VarSlotPool, dead_owner: u32) {
+        host.reclaim_peer_slots(dead_owner);
+        assert!(matches!(host.return_orphans(|| false), Ok(OrphanAudit::Done { .. })));
+    }
+
+    #[test]
+    fn a_process_dying_at_any_step_of_allocate_or_free_leaks_nothing() {
+        for steps in 0..=STEPS_ALLOCATE {
+            let (_h, host) = pool(&[sc(64, 4)]);
+            let held = host.allocate(1, 0).unwrap(); // the host's own, untouched
+            let guest = other_view(&host);
+            let _ = guest.allocate_stopping_after(1, 3, steps).unwrap();
+            recover(&host, 3);
+            assert_eq!(host.class_usage(0).unwrap().free, 3, "allocate stopped after {steps} steps");
+            assert_eq!(host.check_free_list(0), Ok(3), "allocate stopped after {steps} steps");
+            host.free(held).unwrap();
+        }
+        for steps in 0..=STEPS_FREE {
+            let (_h, host) = pool(&[sc(64, 4)]);
+            let guest = other_view(&host);
+            let slot = guest.allocate(1, 3).unwrap();
+            guest.free_stopping_after(slot, steps).unwrap();
+            recover(&host, 3);
+            assert_eq!(host.check_free_list(0), Ok(4), "free stopped after {steps} steps");
+        }
+    }
+
+    #[test]
+    fn the_orphan_audit_waits_for_a_quiet_pool() {
+        let (_h, host) = pool(&[sc(64, 2)]);
+        let guest = other_view(&host);
+        let _ = guest.allocate_stopping_after(1, 3, 1).unwrap(); // popped, then died
+                                                                 // A live peer with an operation in flight: nothing is touched.
+        assert_eq!(host.return_orphans(|| true), Ok(OrphanAudit::Busy));
+        assert_eq!(host.check_free_list(0), Ok(1));
+        assert_eq!(host.return_orphans(|| false), Ok(OrphanAudit::Done { returned: 1 }));
+        assert_eq!(host.return_orphans(|| false), Ok(OrphanAudit::Done { returned: 0 }));
+        assert_eq!(host.check_free_list(0), Ok(2));
     }
 
     #[test]

@@ -167,6 +167,70 @@ fn pool_racing_double_free_has_one_winner() {
     });
 }
 
+/// A process stops for good after any step of an allocate or a free (as
+/// `kill -9` would leave it), while a live process allocates and frees, and
+/// recovery (reclaim by owner, then the orphan audit) runs concurrently with
+/// the live one. No slot is ever held twice (the shadow cells), the audit
+/// never pushes a slot someone holds, and once the live process is done a
+/// second audit returns every slot.
+fn pool_recovers_after_a_stop(free: bool, steps: u32) {
+    use shm_primitives::varslot::OrphanAudit;
+    model(move || {
+        let layout = PoolLayout::compute(&[SizeClassConfig { slot_size: 8, slot_count: 2 }]).unwrap();
+        let heap = HeapRegion::new_zeroed(layout.size as usize);
+        // SAFETY: exclusive during init; `heap` outlives the threads (joined below).
+        let host = unsafe { VarSlotPool::init(heap.region(), 0, &layout) }.unwrap();
+        // Each process has its own view, and so its own operation counter.
+        let dead = VarSlotPool::attach(heap.region(), 0, &layout).unwrap();
+        let live = Arc::new(VarSlotPool::attach(heap.region(), 0, &layout).unwrap());
+        let shadow: Arc<Vec<UnsafeCell<u32>>> = Arc::new((0..2).map(|_| UnsafeCell::new(0)).collect());
+        let dying = thread::spawn(move || {
+            if free {
+                let s = dead.allocate(8, 1).unwrap();
+                let _ = dead.free_stopping_after(s, steps);
+            } else {
+                let _ = dead.allocate_stopping_after(8, 1, steps);
+            }
+        });
+        let (l2, sh2) = (live.clone(), shadow.clone());
+        let living = thread::spawn(move || {
+            if let Ok(slot) = l2.allocate(8, 2) {
+                let cell = &sh2[slot.slot_idx as usize];
+                // SAFETY: loom flags any concurrent access to the cell, which is
+                // what a slot held twice would cause.
+                cell.with_mut(|p| unsafe { *p = 2 });
+                l2.free(slot).unwrap();
+            }
+        });
+        dying.join().unwrap();
+        host.reclaim_peer_slots(1);
+        let _ = host.return_orphans(|| live.ops_in_flight() != 0).unwrap();
+        // What the audit left on the lists must not be held by anyone: take
+        // every free slot once and stamp it.
+        living.join().unwrap();
+        assert!(matches!(host.return_orphans(|| false), Ok(OrphanAudit::Done { .. })));
+        assert_eq!(host.check_free_list(0), Ok(2), "free={free} steps={steps}");
+        let a = host.allocate(8, 0).unwrap();
+        let b = host.allocate(8, 0).unwrap();
+        assert_ne!(a.slot_idx, b.slot_idx);
+        drop(heap);
+    });
+}
+
+#[test]
+fn pool_recovers_from_an_allocate_stopped_after_any_step() {
+    for steps in 0..=shm_primitives::varslot::STEPS_ALLOCATE {
+        pool_recovers_after_a_stop(false, steps);
+    }
+}
+
+#[test]
+fn pool_recovers_from_a_free_stopped_after_any_step() {
+    for steps in 0..=shm_primitives::varslot::STEPS_FREE {
+        pool_recovers_after_a_stop(true, steps);
+    }
+}
+
 /// The doorbell, modelled: a counter of pending signals; `wait` blocks until
 /// there is one and consumes all (signals coalesce, as on the real socket).
 struct Bell {

@@ -262,7 +262,12 @@ pub struct RecoveryReport {
     pub drained_slots: usize,
     /// Slots reclaimed by owner (the guest's own and the host's in flight to it).
     pub reclaimed_slots: usize,
+    /// Slots a guest left on no list by dying inside an allocate or a free.
+    pub orphans_returned: usize,
 }
+
+/// Looks at the pool for a quiet moment before an orphan audit is deferred.
+const ORPHAN_AUDIT_TRIES: usize = 200;
 
 /// A mapped, validated segment.
 #[derive(Debug)]
@@ -275,6 +280,8 @@ pub struct Segment {
     created: bool,
     /// Per guest: which ring ends are in use in this process (`RingEnd` bits).
     ring_ends: Box<[AtomicU8]>,
+    /// An orphan audit found no quiet moment yet.
+    orphan_audit_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Segment {
@@ -350,7 +357,16 @@ impl Segment {
         });
         let fields = header.read();
         let ring_ends = Self::ring_end_table(layout.max_guests);
-        Ok(Segment { region, layout, fields, peers, pool, created: true, ring_ends })
+        Ok(Segment {
+            region,
+            layout,
+            fields,
+            peers,
+            pool,
+            created: true,
+            ring_ends,
+            orphan_audit_pending: Default::default(),
+        })
     }
 
     /// Maps the segment file at `path` and validates it.
@@ -387,6 +403,7 @@ impl Segment {
             pool: v.pool,
             created: false,
             ring_ends,
+            orphan_audit_pending: Default::default(),
         })
     }
 
@@ -480,8 +497,12 @@ impl Segment {
         self.peers.entry(id)
     }
 
-    /// Host: reserves the first free guest slot before spawning a guest.
+    /// Host: reserves the first free guest slot before spawning a guest
+    /// (first retrying a deferred orphan audit).
     pub fn reserve_peer(&self) -> Option<PeerId> {
+        if self.orphan_audit_pending() {
+            self.return_orphaned_slots(None);
+        }
         self.peers.reserve()
     }
 
@@ -594,8 +615,64 @@ impl Segment {
         g2h.reset();
         report.reclaimed_slots =
             self.pool.reclaim_peer_slots(u32::from(peer.get())) + self.pool.reclaim_peer_slots(owner_host_to(peer));
+        // The guest may have died inside an allocate or a free: return the
+        // slot it was moving, once the pool is quiet.
+        report.orphans_returned = self.return_orphaned_slots(Some(peer));
         e.reset();
         Ok(report)
+    }
+
+    /// Guest: counts this process's slot-pool operations in flight in its peer
+    /// entry, where the host's crash recovery looks for them (see
+    /// [`VarSlotPool::return_orphans`]). The segment's creator counts its own
+    /// in process memory (an in-process guest shares the creator's pool).
+    pub fn track_pool_ops_as(&self, peer: PeerId) {
+        if self.created || self.peers.entry(peer).is_none() {
+            return;
+        }
+        let word = self.layout.peer_table_offset
+            + (peer.index() * shm_primitives::peer::PEER_ENTRY_SIZE + shm_primitives::peer::offsets::POOL_OPS) as u64;
+        let _ = self.pool.track_ops_in(word);
+    }
+
+    /// Host: pushes back slots orphaned by guests that died inside an allocate
+    /// or a free, if the pool is quiet; otherwise remembers to try again on
+    /// the next recovery or reservation. `dying` is a guest being recovered now
+    /// (its entry's counter is stale). Returns how many slots came back.
+    pub fn return_orphaned_slots(&self, dying: Option<PeerId>) -> usize {
+        use shm_primitives::varslot::OrphanAudit;
+        let others_busy = || {
+            self.peers.iter().any(|(id, e)| {
+                Some(id) != dying
+                    && match e.state() {
+                        PeerState::Empty => false,
+                        // A vox-shm 0.3.1 guest does not count its operations:
+                        // while one is attached, no snapshot is known quiet.
+                        PeerState::Attached if e.guest_features().is_empty() => true,
+                        _ => e.pool_ops_in_flight() != 0,
+                    }
+            })
+        };
+        // Operations last nanoseconds; a few looks find a quiet moment unless
+        // traffic never stops, and then a later call does.
+        for _ in 0..ORPHAN_AUDIT_TRIES {
+            match self.pool.return_orphans(others_busy) {
+                Ok(OrphanAudit::Done { returned }) => {
+                    self.orphan_audit_pending.store(false, Ordering::Release);
+                    return returned;
+                }
+                Ok(OrphanAudit::Busy) => std::thread::yield_now(),
+                // A scribbled free list: the orphans stay lost, the pool serves on.
+                Err(_) => return 0,
+            }
+        }
+        self.orphan_audit_pending.store(true, Ordering::Release);
+        0
+    }
+
+    /// True if an orphan audit could not find a quiet moment yet.
+    pub fn orphan_audit_pending(&self) -> bool {
+        self.orphan_audit_pending.load(Ordering::Acquire)
     }
 
     /// Host: recovers every guest that said goodbye and that no link of this

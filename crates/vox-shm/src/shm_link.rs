@@ -748,6 +748,7 @@ impl ShmLink {
                 if ours.contains(Features::LIVENESS) {
                     entry.set_guest_pid(std::process::id());
                 }
+                segment.track_pool_ops_as(peer);
                 segment.host_features().bits() & !FEATURES_KNOWN | FEATURES_KNOWN
             }
             Side::Host => 0,

@@ -4,6 +4,7 @@
 //! ```text
 //! shm-test-peer segment-peer PATH PEER_ID   claim the slot, echo a ring message, fill a slot
 //! shm-test-peer attach-check PATH           attach and report ok / the error
+//! shm-test-peer pool-churn PATH PEER_ID     claim the slot, print "ready", allocate and free slots until killed
 //! ```
 //! Link modes, started by `vox_shm::spawn_guest` (which appends the guest
 //! arguments):
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
             }
         }
         ["bootstrap", sock, sid, ..] => bootstrap_echo(Path::new(sock), sid),
+        ["pool-churn", path, id, ..] => pool_churn(Path::new(path), id),
         [mode, ..] => link_mode(mode, &args),
         [] => {
             eprintln!("usage: see the source");
@@ -332,6 +334,31 @@ async fn unsealed_region(
         println!("truncated");
     }
     tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+/// Allocates and frees pool slots in a tight loop, holding up to three at a
+/// time, so a kill lands inside an allocate or a free most of the time.
+fn pool_churn(path: &Path, id: &str) -> Res {
+    let seg = Segment::attach(path)?;
+    let id = PeerId::new(id.parse()?).ok_or("peer id must be 1..=255")?;
+    seg.peer_entry(id).ok_or("no such peer")?.set_guest_features(vox_shm::Features::ALL);
+    seg.claim_peer(id)?;
+    seg.track_pool_ops_as(id);
+    println!("ready");
+    let pool = seg.var_pool();
+    let mut held = std::collections::VecDeque::new();
+    for i in 0u32.. {
+        let size = [10, 900, 5000][(i % 3) as usize];
+        if let Ok(s) = pool.allocate(size, u32::from(id.get())) {
+            held.push_back(s);
+        }
+        if held.len() > 3 || i % 5 == 0 {
+            if let Some(s) = held.pop_front() {
+                pool.free(s)?;
+            }
+        }
+    }
     Ok(())
 }
 
