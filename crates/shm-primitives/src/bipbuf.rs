@@ -130,6 +130,23 @@ pub enum RingError {
         /// Capacity of the ring.
         capacity: u32,
     },
+    /// The producer's watermark is below our read position: the wrap would
+    /// go back over bytes we consumed. An honest producer sets the watermark to
+    /// its write position, which is never behind what we have read.
+    #[error("ring watermark {watermark} is behind the read position {read}")]
+    WatermarkBehindRead {
+        /// Watermark found.
+        watermark: u32,
+        /// Our read position.
+        read: u32,
+    },
+    /// A wrap stayed half-published (`write == watermark`) far longer than an
+    /// honest producer takes between its two stores.
+    #[error("ring wrap at watermark {watermark} never completed")]
+    WrapNeverCompleted {
+        /// Watermark found.
+        watermark: u32,
+    },
     /// `commit` without a pending grant.
     #[error("commit without a grant")]
     NoGrant,
@@ -256,8 +273,17 @@ impl BipBuf {
 
     /// Resets all positions to 0 (crash recovery only, when neither side uses
     /// the ring). Release, so a later attacher sees the reset.
+    ///
+    /// Every host-owned word is rewritten from this process's validated
+    /// geometry, the stored capacity and the padding included: a guest that
+    /// scribbled over its ring's header leaves nothing behind for the next one.
     pub fn reset(&self) {
         let h = self.header();
+        h.capacity.store(self.capacity, Ordering::Release);
+        #[cfg(not(loom))]
+        for w in h._pad0.iter().chain(h._pad1.iter()) {
+            w.store(0, Ordering::Relaxed);
+        }
         h.write.store(0, Ordering::Release);
         h.watermark.store(0, Ordering::Release);
         h.read.store(0, Ordering::Release);
@@ -574,6 +600,9 @@ impl BipBufConsumer {
         }
         if self.read < watermark {
             return Ok(Some(self.region(self.read, watermark)));
+        }
+        if self.read > watermark {
+            return Err(RingError::WatermarkBehindRead { watermark, read: self.read });
         }
         // Tail drained. Reload `write` after the watermark: the Acquire load of
         // the watermark made the producer's pre-wrap `write == watermark`

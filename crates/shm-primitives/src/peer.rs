@@ -253,6 +253,17 @@ impl PeerEntry {
         self.state.store(PeerState::Goodbye as u32, REL);
     }
 
+    /// Crash recovery's last step, with the ring offset rewritten from the
+    /// host's own layout (a guest may have scribbled over it, and a 0.3.1
+    /// guest reads it from here): see [`PeerEntry::reset`].
+    pub fn reset_with_ring_offset(&self, ring_offset: u64) {
+        self.ring_offset.store(ring_offset, Ordering::Relaxed);
+        for w in &self._reserved {
+            w.store(0, Ordering::Relaxed);
+        }
+        self.reset();
+    }
+
     /// Crash recovery's last step: heartbeat 0, extensions cleared, then Empty
     /// (Release, so a new guest that CASes the entry sees the cleared words).
     pub fn reset(&self) {

@@ -192,6 +192,82 @@ async fn a_guest_truncating_its_mapping_region_cannot_fault_the_host() {
     child.wait().unwrap();
 }
 
+/// A guest that rewrites its ring into a state no honest producer makes gets
+/// a typed CorruptRing on its own link, instead of a receiver spinning for
+/// ever; the host still serves another guest, and a new one attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scribbled_ring_is_a_typed_error_not_a_livelock() {
+    use shm_primitives::bipbuf::RingError;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    for (kind, want_stall) in [("watermark-behind", false), ("wrap-stall", true)] {
+        let (bad, mut child) = spawn(PEER, &hub, &["hostile", kind]);
+        let (_tx, mut rx) = bad.split();
+        for _ in 0..3 {
+            assert_eq!(recv(&mut rx).await.unwrap().unwrap().as_bytes().len(), 100, "{kind}");
+        }
+        let started = Instant::now();
+        let err = recv(&mut rx).await.expect_err("a scribbled ring");
+        let ShmLinkRxError::CorruptRing { peer: _, error } = &err else { panic!("{kind}: {err:?}") };
+        match (want_stall, error) {
+            (false, RingError::WatermarkBehindRead { watermark: 8, read: 324 }) => {}
+            (true, RingError::WrapNeverCompleted { watermark: 324 }) => {
+                assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed())
+            }
+            _ => panic!("{kind}: {err:?}"),
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop((_tx, rx));
+        // Recovered: an honest guest attaches and echoes.
+        let (good, child) = spawn(PEER, &hub, &["echo"]);
+        let (tx, mut rx) = good.split();
+        send(&tx, 1, 3000).await.unwrap();
+        check_payload(1, 3000, recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
+        tx.close().await.unwrap();
+        assert!(recv(&mut rx).await.unwrap().is_none());
+        finish(child).await;
+    }
+}
+
+/// A guest that rewrites its rings' stored capacity and its entry's ring
+/// offset does not lock later guests out (they attach while it lives), and
+/// recovery restores every host-owned word from the host's own layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_scribbling_host_owned_words_locks_nobody_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    let (bad, mut bad_child) = spawn(PEER, &hub, &["hostile", "scribble-header"]);
+    let seg = hub.segment().clone();
+    let id = bad.peer_id();
+    let scribbled = Instant::now();
+    while seg.peer_entry(id).unwrap().ring_offset() != 12345 {
+        assert!(scribbled.elapsed() < LIMIT, "the guest never scribbled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let round_trip = async |hub| {
+        let (good, child) = spawn(PEER, hub, &["echo"]);
+        let (tx, mut rx) = good.split();
+        send(&tx, 1, 3000).await.unwrap();
+        check_payload(1, 3000, recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
+        tx.close().await.unwrap();
+        assert!(recv(&mut rx).await.unwrap().is_none());
+        finish(child).await;
+    };
+    round_trip(&hub).await; // attaches while the scribbler lives
+    bad_child.kill().unwrap();
+    bad_child.wait().unwrap();
+    drop(bad); // recovery
+    let e = seg.peer_entry(id).unwrap();
+    assert_eq!(e.state(), shm_primitives::PeerState::Empty);
+    assert_eq!(e.ring_offset(), seg.layout().ring_offset(id), "ring offset restored");
+    for ring in [seg.g2h_bipbuf(id).unwrap(), seg.h2g_bipbuf(id).unwrap()] {
+        assert_eq!(ring.header().stored_capacity(), seg.bipbuf_capacity(), "capacity restored");
+    }
+    round_trip(&hub).await;
+    round_trip(&hub).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_blocked_in_reserve_wakes_within_100ms_of_the_kill() {
     let dir = tempfile::tempdir().unwrap();

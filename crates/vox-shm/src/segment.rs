@@ -618,7 +618,7 @@ impl Segment {
         // The guest may have died inside an allocate or a free: return the
         // slot it was moving, once the pool is quiet.
         report.orphans_returned = self.return_orphaned_slots(Some(peer));
-        e.reset();
+        e.reset_with_ring_offset(self.layout.ring_offset(peer));
         Ok(report)
     }
 
@@ -774,16 +774,15 @@ pub(crate) fn validate_region(r: Region) -> Result<Validated, AttachError> {
     }
     let oob = |e| AttachError::BadHeader(HeaderError::OutOfBounds(e));
     let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
-    for (id, entry) in peers.iter() {
-        if entry.ring_offset() != layout.ring_offset(id) {
-            return Err(mismatch("peer ring_offset", layout.ring_offset(id), entry.ring_offset()).into());
-        }
+    // Every ring lies inside the file. Their stored capacities and the peer
+    // entries' ring offsets are not checked: any guest can scribble over its
+    // own, and one guest must not lock every later one out. We never read
+    // them (positions, capacities and offsets come from the layout validated
+    // here), and the host rewrites them from its layout when it recovers a
+    // guest, for 0.3.1 peers that do read them.
+    for (id, _) in peers.iter() {
         for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
-            let ring = BipBuf::attach(r, off, layout.bipbuf_capacity).map_err(oob)?;
-            let stored = ring.header().stored_capacity();
-            if stored != layout.bipbuf_capacity {
-                return Err(mismatch("ring capacity", layout.bipbuf_capacity.into(), stored.into()).into());
-            }
+            BipBuf::attach(r, off, layout.bipbuf_capacity).map_err(oob)?;
         }
     }
     let pool = VarSlotPool::attach(r, layout.var_pool_offset, &layout.pool).map_err(oob)?;

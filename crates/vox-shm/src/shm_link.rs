@@ -305,6 +305,15 @@ impl Shared {
         self.peer_gone.load(Ordering::Acquire)
     }
 
+    /// A half that polls instead of parking never reads the doorbell, so it
+    /// would not see the peer hang up: look (a non-blocking peek) once per
+    /// polling slice.
+    fn check_hang_up(&self) {
+        if !self.gone() && self.doorbell.is_peer_dead() {
+            self.mark_gone();
+        }
+    }
+
     /// The wake-up a half waits on besides the doorbell.
     fn notify(&self, half: Half) -> &Notify {
         match half {
@@ -562,14 +571,26 @@ struct Poller {
     started: Option<Instant>,
     yielded: Option<Instant>,
     rounds: u32,
+    /// Set when `keep_polling` ended a slice (yielded); read by `took_a_slice`.
+    sliced: bool,
 }
 
 /// How long a poller keeps its thread before letting other tasks run.
 const POLL_SLICE: Duration = Duration::from_micros(20);
 
+/// How long a half-published wrap may last before the ring counts as corrupt
+/// (an honest producer's two stores are nanoseconds apart; this allows for it
+/// being preempted between them on a loaded machine).
+const WRAP_STALL_LIMIT: Duration = Duration::from_secs(1);
+
 impl Poller {
     fn new(strategy: WaitStrategy) -> Self {
-        Poller { strategy, started: None, yielded: None, rounds: 0 }
+        Poller { strategy, started: None, yielded: None, rounds: 0, sliced: false }
+    }
+
+    /// True once after each slice the poller ended by yielding.
+    fn took_a_slice(&mut self) -> bool {
+        std::mem::take(&mut self.sliced)
     }
 
     async fn keep_polling(&mut self) -> bool {
@@ -586,6 +607,7 @@ impl Poller {
         let yielded = *self.yielded.get_or_insert(now);
         if now.duration_since(yielded) >= POLL_SLICE {
             self.yielded = Some(now);
+            self.sliced = true;
             tokio::task::yield_now().await;
             return true;
         }
@@ -941,6 +963,9 @@ impl ShmLinkTx {
                 Some(full) => bump(full),
             }
             if poller.keep_polling().await {
+                if poller.took_a_slice() {
+                    sh.check_hang_up();
+                }
                 continue;
             }
             let notified = pin!(sh.notify(Half::Tx).notified());
@@ -1427,6 +1452,7 @@ impl ShmLinkRx {
         }
         self.coop.tick().await;
         let mut poller = Poller::new(self.core.options.wait);
+        let mut wrap_since = None;
         loop {
             match self.step()? {
                 Step::Message(b) => return Ok(Some(b)),
@@ -1444,11 +1470,26 @@ impl ShmLinkRx {
                 return end;
             }
             if self.consumer.wrap_pending() {
-                // The producer's `write = 0` is about to land: look again.
+                // The producer's `write = 0` is about to land: look again. An
+                // honest producer makes its two stores back to back; a wrap
+                // that stays half-done is a hostile ring, and a peer that hung
+                // up meanwhile must still be noticed.
+                let since = *wrap_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > WRAP_STALL_LIMIT {
+                    let peer = self.core.peer.get();
+                    let (_, watermark, _) = self.core.rx_ring.positions();
+                    let error = RingError::WrapNeverCompleted { watermark };
+                    return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error }));
+                }
+                self.core.check_hang_up();
                 tokio::task::yield_now().await;
                 continue;
             }
+            wrap_since = None;
             if poller.keep_polling().await {
+                if poller.took_a_slice() {
+                    self.core.check_hang_up();
+                }
                 continue;
             }
             // About to sleep: publish every deferred release first, so a

@@ -286,10 +286,14 @@ fn every_header_corruption_gets_its_own_error() {
     let p = write_variant(d, "count_big", |b| put_u32(b, 1280 + 4, 1000));
     assert!(matches!(header_error(&p), HeaderError::LayoutMismatch { field: "total_size", .. }));
     // Peer table and rings.
+    // A guest can scribble over its own entry's ring offset and its rings'
+    // stored capacities: that must not lock every later guest out. They are
+    // never read (the layout decides), and recovery rewrites them.
     let p = write_variant(d, "ring_off", |b| put_u64(b, 128 + 16, 4096));
-    assert_eq!(header_error(&p), HeaderError::LayoutMismatch { field: "peer ring_offset", expected: 256, found: 4096 });
+    let seg = Segment::attach(&p).expect("a scribbled ring offset does not refuse the segment");
+    assert_eq!(seg.layout().ring_offset(PeerId::new(1).unwrap()), 256);
     let p = write_variant(d, "ring_cap", |b| put_u32(b, 512 + 8, 64));
-    assert_eq!(header_error(&p), HeaderError::LayoutMismatch { field: "ring capacity", expected: 128, found: 64 });
+    assert_eq!(Segment::attach(&p).expect("a scribbled ring capacity does not refuse it").bipbuf_capacity(), 128);
 }
 
 #[test]

@@ -276,6 +276,10 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
             entry[..8].copy_from_slice(&[0, 0, 0, 0x40, 0, 0, 0, 0]);
             8
         }
+        "watermark-behind" | "wrap-stall" | "scribble-header" => {
+            let path = args.hub_path.as_deref().ok_or("needs --hub-path")?;
+            return scribble_ring(kind, path, &segment, id, &mut tx, &bell).await;
+        }
         "truncate-mmap" | "unsealed-mmap" => {
             // SAFETY: the descriptor was inherited for us; adopted once here.
             let ctl = unsafe { shm_primitives_async::control::adopt(args.mmap_control_fd) }?;
@@ -288,6 +292,57 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
     tx.commit(n)?;
     bell.signal();
     println!("committed {kind}");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+/// Commits three honest 100-byte entries, lets the host read them, then
+/// rewrites its own ring's `write` and `watermark` into a state no honest
+/// producer makes: a watermark behind the host's read position, or a wrap
+/// left half-published exactly at it.
+async fn scribble_ring(
+    kind: &str,
+    path: &Path,
+    segment: &Segment,
+    id: PeerId,
+    tx: &mut shm_primitives::bipbuf::BipBufProducer,
+    bell: &shm_primitives_async::doorbell::Doorbell,
+) -> Res {
+    use shm_primitives::bipbuf::offsets;
+    let map = shm_primitives::mmap::MmapRegion::attach(path)?;
+    let ring = segment.layout().g2h_offset(id);
+    let word = |off: u64| -> Res<&std::sync::atomic::AtomicU32> {
+        let p = map.region().typed::<std::sync::atomic::AtomicU32>(off)?;
+        // SAFETY: in bounds and aligned (checked by `typed`); the mapping
+        // outlives the reference; any bits are a valid atomic.
+        Ok(unsafe { p.as_ref() })
+    };
+    if kind == "scribble-header" {
+        // Both rings' stored capacities, and this entry's ring offset.
+        for r in [ring, segment.layout().h2g_offset(id)] {
+            word(r + offsets::CAPACITY as u64)?
+                .store(segment.bipbuf_capacity() + 64, std::sync::atomic::Ordering::Release);
+        }
+        let entry_off = segment.layout().peer_table_offset + (id.index() * 64 + 16) as u64;
+        word(entry_off)?.store(12345, std::sync::atomic::Ordering::Release);
+        println!("scribbled {kind}");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return Ok(());
+    }
+    let mut entry = [0u8; 108];
+    entry[..8].copy_from_slice(&[108, 0, 0, 0, 0, 0, 100, 0]);
+    for _ in 0..3 {
+        tx.try_grant(108)?.ok_or("ring full")?;
+        tx.granted_mut().ok_or("grant")?.copy_from_slice(&entry);
+        tx.commit(108)?;
+    }
+    bell.signal();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at = if kind == "watermark-behind" { 8 } else { 3 * 108 };
+    word(ring + offsets::WATERMARK as u64)?.store(at, std::sync::atomic::Ordering::Release);
+    word(ring + offsets::WRITE as u64)?.store(at, std::sync::atomic::Ordering::Release);
+    bell.signal();
+    println!("scribbled {kind}");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     Ok(())
 }
