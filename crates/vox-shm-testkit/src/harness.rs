@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vox_shm::host::{spawn_guest_with, HostHub};
 use vox_shm::{
-    Backing, FileCleanup, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink, ShmLinkRx,
+    Backing, FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink, ShmLinkRx,
     ShmLinkRxError, SizeClassConfig, WriteSlot,
 };
 
@@ -69,4 +69,17 @@ pub async fn recv(rx: &mut ShmLinkRx) -> Result<Option<Backing>, ShmLinkRxError>
 /// Length of message `seq` in the mixed-size streams.
 pub fn mixed(seq: u64) -> usize {
     MIXED_SIZES[(seq % MIXED_SIZES.len() as u64) as usize]
+}
+
+/// Spawns an `echo` guest of `hub`, checks one slot-tier round trip, closes,
+/// and waits for the guest to exit cleanly: proof that the host still serves
+/// new guests.
+pub async fn echo_round_trip(peer: &str, hub: &HostHub) {
+    let (link, child) = spawn(peer, hub, &["echo"]);
+    let (tx, mut rx) = link.split();
+    send(&tx, 1, 3000).await.unwrap();
+    crate::check_payload(1, 3000, recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
+    tx.close().await.unwrap();
+    assert!(recv(&mut rx).await.unwrap().is_none());
+    finish(child).await;
 }

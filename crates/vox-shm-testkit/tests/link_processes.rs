@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use vox_shm::{Link, LinkOptions, LinkTx, LinkTxPermit, ShmLinkRx, ShmLinkRxError};
 use vox_shm_testkit::check_payload;
-use vox_shm_testkit::harness::{finish, hub, mixed, recv, send, spawn, spawn_opts, LIMIT, SMALL_POOL};
+use vox_shm_testkit::harness::{echo_round_trip, finish, hub, mixed, recv, send, spawn, spawn_opts, LIMIT, SMALL_POOL};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shm-test-peer");
 
@@ -220,13 +220,7 @@ async fn a_scribbled_ring_is_a_typed_error_not_a_livelock() {
         child.wait().unwrap();
         drop((_tx, rx));
         // Recovered: an honest guest attaches and echoes.
-        let (good, child) = spawn(PEER, &hub, &["echo"]);
-        let (tx, mut rx) = good.split();
-        send(&tx, 1, 3000).await.unwrap();
-        check_payload(1, 3000, recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
-        tx.close().await.unwrap();
-        assert!(recv(&mut rx).await.unwrap().is_none());
-        finish(child).await;
+        echo_round_trip(PEER, &hub).await;
     }
 }
 
@@ -245,16 +239,7 @@ async fn a_guest_scribbling_host_owned_words_locks_nobody_out() {
         assert!(scribbled.elapsed() < LIMIT, "the guest never scribbled");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let round_trip = async |hub| {
-        let (good, child) = spawn(PEER, hub, &["echo"]);
-        let (tx, mut rx) = good.split();
-        send(&tx, 1, 3000).await.unwrap();
-        check_payload(1, 3000, recv(&mut rx).await.unwrap().unwrap().as_bytes()).unwrap();
-        tx.close().await.unwrap();
-        assert!(recv(&mut rx).await.unwrap().is_none());
-        finish(child).await;
-    };
-    round_trip(&hub).await; // attaches while the scribbler lives
+    echo_round_trip(PEER, &hub).await; // attaches while the scribbler lives
     bad_child.kill().unwrap();
     bad_child.wait().unwrap();
     drop(bad); // recovery
@@ -264,8 +249,8 @@ async fn a_guest_scribbling_host_owned_words_locks_nobody_out() {
     for ring in [seg.g2h_bipbuf(id).unwrap(), seg.h2g_bipbuf(id).unwrap()] {
         assert_eq!(ring.header().stored_capacity(), seg.bipbuf_capacity(), "capacity restored");
     }
-    round_trip(&hub).await;
-    round_trip(&hub).await;
+    echo_round_trip(PEER, &hub).await;
+    echo_round_trip(PEER, &hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
