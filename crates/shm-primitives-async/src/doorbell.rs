@@ -188,6 +188,24 @@ impl Doorbell {
         unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_RDWR) };
     }
 
+    /// Shuts down our sending direction only: the peer reads end-of-file (we
+    /// are gone), and we can still read, so we see when the peer goes too.
+    pub fn shutdown_write(&self) {
+        // SAFETY: shutdown on a descriptor we own; no memory is passed.
+        unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
+    }
+
+    /// Waits until the peer has closed its end (it exited, however it died),
+    /// discarding any signals it sends meanwhile. Cancel-safe.
+    pub async fn wait_for_hang_up(&self) {
+        loop {
+            match self.readable_drain().await {
+                Ok(d) if !d.peer_gone => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn pending_bytes(&self) -> io::Result<usize> {
         let mut n: libc::c_int = 0;

@@ -224,6 +224,35 @@ async fn a_scribbled_ring_is_a_typed_error_not_a_livelock() {
     }
 }
 
+/// The host drops a failed link while its guest still lives; the guest dies
+/// later. Recovery must not depend on that order: the slot comes back either
+/// way, round after round, in a hub with room for one guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_link_dropped_before_its_guest_dies_is_still_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let seg = hub.segment().clone();
+    for round in 0..6 {
+        let (bad, mut child) = spawn(PEER, &hub, &["hostile", "garbage"]);
+        let id = bad.peer_id();
+        let (tx, mut rx) = bad.split();
+        assert!(recv(&mut rx).await.is_err(), "round {round}: the garbage entry fails the link");
+        drop((tx, rx)); // the guest still lives
+        assert_eq!(seg.peer_entry(id).unwrap().state(), shm_primitives::PeerState::Attached);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let t = Instant::now();
+        while seg.peer_entry(id).unwrap().state() != shm_primitives::PeerState::Empty {
+            assert!(t.elapsed() < Duration::from_secs(5), "round {round}: the slot was never recovered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    echo_round_trip(PEER, &hub).await;
+    for (c, class) in SMALL_POOL.iter().enumerate() {
+        assert_eq!(seg.var_pool().class_usage(c).unwrap().free, class.slot_count, "class {c}");
+    }
+}
+
 /// A guest that rewrites its rings' stored capacity and its entry's ring
 /// offset does not lock later guests out (they attach while it lives), and
 /// recovery restores every host-owned word from the host's own layout.

@@ -375,6 +375,10 @@ impl Shared {
 struct Core {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the link was built: its doorbell is registered with this
+    /// runtime's reactor, so a task that waits on it after the link is gone
+    /// runs here.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::ops::Deref for Core {
@@ -400,6 +404,16 @@ impl Drop for Core {
             Side::Host => {
                 if s.gone() || s.doorbell.is_peer_dead() || s.entry().state() == PeerState::Goodbye {
                     let _ = s.segment.recover_crashed_peer(s.peer);
+                } else {
+                    // Dropped while the guest lives (a failed link, say): tell
+                    // it we are gone, and recover its slot once it has gone too,
+                    // whichever order the two happen in.
+                    s.doorbell.shutdown_write();
+                    let shared = self.shared.clone();
+                    self.runtime.spawn(async move {
+                        shared.doorbell.wait_for_hang_up().await;
+                        let _ = shared.segment.recover_crashed_peer(shared.peer);
+                    });
                 }
             }
         }
@@ -814,7 +828,7 @@ impl ShmLink {
                 Side::Host => runtime.spawn(heartbeat_watch(weak, interval)),
             });
         }
-        let core = Arc::new(Core { shared, tasks });
+        let core = Arc::new(Core { shared, tasks, runtime });
         // Only memfds sealed against shrinking are safe to map from a peer that
         // could truncate them; our own peers (any feature bit) always seal.
         let require_sealed = cfg!(target_os = "linux")
