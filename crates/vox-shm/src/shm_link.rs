@@ -407,8 +407,12 @@ impl Drop for Core {
                 } else {
                     // Dropped while the guest lives (a failed link, say): tell
                     // it we are gone, and recover its slot once it has gone too,
-                    // whichever order the two happen in.
-                    s.doorbell.shutdown_write();
+                    // whichever order the two happen in. A 0.3.1 guest reads a
+                    // hang-up as an error even with messages still in its ring,
+                    // so it is not told; it hangs up itself when it is done.
+                    if s.negotiated(Features::INBAND_CLOSE) {
+                        s.doorbell.shutdown_write();
+                    }
                     let shared = self.shared.clone();
                     self.runtime.spawn(async move {
                         shared.doorbell.wait_for_hang_up().await;

@@ -22,6 +22,9 @@ use shm_primitives_async::control::{recv_with_fds, send_with_fds, ControlError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
+mod server;
+pub use server::{BootstrapServer, WalkIn, WalkInError, WalkInPolicy};
+
 use crate::host::{GuestSpawnTicket, HostHub, HostPeer};
 use crate::segment::Segment;
 use crate::shm_link::{LinkOptions, ShmLink};
@@ -340,42 +343,28 @@ impl HostHub {
     }
 }
 
-/// Host: accepts one guest on `listener`, checks its session id with
+/// Host: accepts one guest on `listener`, checks its credentials against the
+/// default [`WalkInPolicy`] (the host's own uid) and its session id with
 /// `accept_sid`, and answers with a slot (or an error response). Returns the
-/// host's link to that guest.
+/// host's link to that guest. Serves one connection, bounded by the policy's
+/// deadline; [`BootstrapServer`] serves many at once.
 pub async fn serve_one(
     listener: &UnixListener,
     hub: &HostHub,
-    accept_sid: impl Fn(&[u8]) -> bool,
+    accept_sid: impl Fn(&[u8]) -> bool + Send + Sync,
     options: LinkOptions,
 ) -> Result<ShmLink, BootstrapError> {
-    let (mut stream, _) = listener.accept().await?;
-    let mut buf = vec![0u8; MAX_REQUEST_LEN];
-    let n = stream.read(&mut buf).await?;
-    let request = decode_request(&buf[..n]);
-    let refuse = |msg: &str| hub.bootstrap_error_response(msg.as_bytes());
-    let sid_ok = match &request {
-        Ok(r) => accept_sid(r.sid),
-        Err(_) => false,
-    };
-    if !sid_ok {
-        let why = match request {
-            Ok(_) => "session id not accepted".to_string(),
-            Err(e) => format!("bad request: {e}"),
-        };
-        let frame = refuse(&why)?;
-        stream.writable().await?;
-        send_response_unix(stream.as_fd(), &frame, None)?;
-        return Err(BootstrapError::Rejected(why));
+    let (stream, _) = listener.accept().await?;
+    let policy = WalkInPolicy::default();
+    let served =
+        tokio::time::timeout(policy.deadline, server::serve_connection(stream, hub, &accept_sid, &policy, options))
+            .await
+            .unwrap_or(Err(WalkInError::Deadline(policy.deadline)));
+    match served {
+        Ok(w) => Ok(w.link),
+        Err(WalkInError::Bootstrap(e)) => Err(e),
+        Err(e) => Err(BootstrapError::Rejected(e.to_string())),
     }
-    let payload = hub.segment().path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let prepared = hub.prepare_bootstrap_success(payload.as_bytes())?;
-    stream.writable().await?;
-    prepared.send_success_unix(stream.as_fd(), hub.segment())?;
-    let PreparedBootstrapPeer { host_peer, guest_ticket, .. } = prepared;
-    // The guest has its own copies now; ours close here.
-    drop(guest_ticket);
-    Ok(host_peer.into_link_with(options)?)
 }
 
 /// Guest: connects to a host's control socket, asks for a slot with session
@@ -384,8 +373,13 @@ pub async fn serve_one(
 /// descriptor and no environment variable.
 pub async fn connect(path: &Path, sid: &[u8], options: LinkOptions) -> Result<(Arc<Segment>, ShmLink), BootstrapError> {
     let mut stream = UnixStream::connect(path).await?;
-    stream.write_all(&encode_request(sid)?).await?;
-    let r = recv_response(&mut stream).await?;
+    // A host that refuses us may answer and close before it reads all of the
+    // request: a failed write still leaves its answer to read.
+    let written = stream.write_all(&encode_request(sid)?).await;
+    let r = match recv_response(&mut stream).await {
+        Ok(r) => r,
+        Err(e) => return Err(written.err().map_or(e, BootstrapError::Io)),
+    };
     if r.status == BootstrapStatus::Error {
         return Err(BootstrapError::Rejected(String::from_utf8_lossy(&r.payload).into_owned()));
     }
