@@ -219,6 +219,25 @@ fn clean_removes_what_a_killed_host_left_and_nothing_else() {
     let out = run(&["clean", foreign.to_str().unwrap()]);
     assert!(text(&out).contains("not a segment"), "a named foreign file is reported: {}", text(&out));
     assert!(foreign.exists());
+
+    // A host killed after its guest scribbled over everything past the header
+    // (rings, peer entries, pool): still ours, still cleaned.
+    let scribbled = dir.path().join("scribbled.shm");
+    let mut host = Host::demo(&scribbled, std::process::Stdio::null());
+    until("the host's segment is in use", &|| matches!(check(&scribbled), FileState::InUse));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&scribbled).unwrap();
+        let len = f.metadata().unwrap().len();
+        let junk: Vec<u8> = (0..len - 128).map(|i| (i * 7919 % 251) as u8).collect();
+        f.write_all_at(&junk, 128).unwrap();
+    }
+    host.0.kill().unwrap();
+    host.0.wait().unwrap();
+    until("the scribbled segment is stale", &|| matches!(check(&scribbled), FileState::Stale { .. }));
+    let out = run(&["clean", dir.path().to_str().unwrap()]);
+    assert!(text(&out).contains("removed: 1 segment file(s)"), "{}", text(&out));
+    assert!(!scribbled.exists(), "a scribbled stale segment is removed");
 }
 
 /// Ctrl-C or SIGTERM ends the demo cleanly: its segment file is removed.

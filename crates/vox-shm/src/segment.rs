@@ -747,14 +747,24 @@ fn read_header(r: Region) -> Result<HeaderFields, HeaderError> {
     Ok(unsafe { p.as_ref() }.read())
 }
 
-/// Validates a mapped segment without writing to it (spec B8).
-pub(crate) fn validate_region(r: Region) -> Result<Validated, AttachError> {
+/// Whether the mapped file is a vox segment at all: long enough for a header,
+/// whose identity (magic, version, header size) checks out. Nothing past the
+/// header is looked at, so no scribble over a guest's rings, entries or the
+/// pool can change the answer (stale-file cleaning relies on that).
+pub(crate) fn identify(r: Region) -> Result<HeaderFields, AttachError> {
     let file_len = r.len() as u64;
     if file_len < shm_primitives::SEGMENT_HEADER_SIZE as u64 {
         return Err(HeaderError::TooShort { file_len }.into());
     }
     let fields = read_header(r)?;
     fields.check_identity()?;
+    Ok(fields)
+}
+
+/// Validates a mapped segment without writing to it (spec B8).
+pub(crate) fn validate_region(r: Region) -> Result<Validated, AttachError> {
+    let file_len = r.len() as u64;
+    let fields = identify(r)?;
     let mismatch = |field, expected: u64, found: u64| HeaderError::LayoutMismatch { field, expected, found };
     if fields.peer_table_offset != shm_primitives::SEGMENT_HEADER_SIZE as u64 {
         return Err(mismatch("peer_table_offset", 128, fields.peer_table_offset).into());

@@ -25,9 +25,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use shm_primitives::mmap::try_lock_exclusive;
+use shm_primitives::mmap::{try_lock_exclusive, MmapRegion};
 
-use crate::inspect::SegmentView;
 use crate::segment::AttachError;
 
 /// What a segment file was found to be.
@@ -70,9 +69,17 @@ pub fn lock_if_unheld(path: &Path) -> io::Result<Option<File>> {
     Ok(try_lock_exclusive(&file)?.then_some(file))
 }
 
+/// Whether `path` holds a vox segment, judged by its header's identity only:
+/// a guest that scribbled over its rings or the pool before its host died
+/// must not make the file look foreign and keep it from being cleaned.
+fn is_segment(path: &Path) -> Result<(), AttachError> {
+    let map = MmapRegion::attach_read_only(path)?;
+    crate::segment::identify(map.region()).map(|_| ())
+}
+
 fn examine(path: &Path, remove: bool) -> FileState {
-    // Validate before judging liveness, so foreign files are reported as such.
-    if let Err(e) = SegmentView::open(path) {
+    // Identify before judging liveness, so foreign files are reported as such.
+    if let Err(e) = is_segment(path) {
         return FileState::NotASegment(e);
     }
     let file = match lock_if_unheld(path) {
