@@ -220,11 +220,15 @@ fn clean_removes_what_a_killed_host_left_and_nothing_else() {
     assert!(text(&out).contains("not a segment"), "a named foreign file is reported: {}", text(&out));
     assert!(foreign.exists());
 
-    // A host killed after its guest scribbled over everything past the header
-    // (rings, peer entries, pool): still ours, still cleaned.
+    // A killed host's file with everything past the header scribbled over
+    // (rings, peer entries, pool), as a hostile guest could leave it: still
+    // ours, still cleaned. (Scribbled after the kill: a live demo host would
+    // notice the corruption, stop, and remove the file itself.)
     let scribbled = dir.path().join("scribbled.shm");
     let mut host = Host::demo(&scribbled, std::process::Stdio::null());
     until("the host's segment is in use", &|| matches!(check(&scribbled), FileState::InUse));
+    host.0.kill().unwrap();
+    host.0.wait().unwrap();
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&scribbled).unwrap();
@@ -232,8 +236,6 @@ fn clean_removes_what_a_killed_host_left_and_nothing_else() {
         let junk: Vec<u8> = (0..len - 128).map(|i| (i * 7919 % 251) as u8).collect();
         f.write_all_at(&junk, 128).unwrap();
     }
-    host.0.kill().unwrap();
-    host.0.wait().unwrap();
     until("the scribbled segment is stale", &|| matches!(check(&scribbled), FileState::Stale { .. }));
     let out = run(&["clean", dir.path().to_str().unwrap()]);
     assert!(text(&out).contains("removed: 1 segment file(s)"), "{}", text(&out));

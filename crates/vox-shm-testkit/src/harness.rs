@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use vox_shm::host::{spawn_guest_with, HostHub};
 use vox_shm::{
-    Backing, FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink, ShmLinkRx,
-    ShmLinkRxError, SizeClassConfig, WriteSlot,
+    Backing, FileCleanup, GuestSlots, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink,
+    ShmLinkRx, ShmLinkRxError, SizeClassConfig, WriteSlot,
 };
 
 use crate::{fill_payload, MIXED_SIZES};
@@ -33,12 +33,12 @@ pub fn hub(dir: &Path, cap: u32, classes: &'static [SizeClassConfig], guests: u8
 }
 
 /// Spawns the peer binary `peer` with `args` as a guest of `hub`.
-pub fn spawn(peer: &str, hub: &HostHub, args: &[&str]) -> (ShmLink, Child) {
+pub fn spawn(peer: &str, hub: &impl GuestSlots, args: &[&str]) -> (ShmLink, Child) {
     spawn_opts(peer, hub, args, LinkOptions::default())
 }
 
 /// [`spawn`] with host link options.
-pub fn spawn_opts(peer: &str, hub: &HostHub, args: &[&str], opts: LinkOptions) -> (ShmLink, Child) {
+pub fn spawn_opts(peer: &str, hub: &impl GuestSlots, args: &[&str], opts: LinkOptions) -> (ShmLink, Child) {
     let mut cmd = Command::new(peer);
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     spawn_guest_with(hub, cmd, opts).unwrap()
@@ -74,7 +74,7 @@ pub fn mixed(seq: u64) -> usize {
 /// Spawns an `echo` guest of `hub`, checks one slot-tier round trip, closes,
 /// and waits for the guest to exit cleanly: proof that the host still serves
 /// new guests.
-pub async fn echo_round_trip(peer: &str, hub: &HostHub) {
+pub async fn echo_round_trip(peer: &str, hub: &impl GuestSlots) {
     let (link, child) = spawn(peer, hub, &["echo"]);
     let (tx, mut rx) = link.split();
     send(&tx, 1, 3000).await.unwrap();

@@ -48,6 +48,21 @@ pub const PEER_ID_ARG: &str = "--peer-id";
 /// Environment variable naming the guest's inherited mapping-send descriptor.
 pub const MMAP_TX_FD_ENV: &str = "SHM_MMAP_TX_FD";
 
+/// Hands out guest slots: all on one shared segment ([`HostHub`]), or each
+/// on a segment of its own ([`IsolatedHub`](crate::isolation::IsolatedHub)).
+/// Spawning ([`spawn_guest`]) and walk-in
+/// ([`BootstrapServer`](crate::bootstrap::BootstrapServer)) serve either.
+pub trait GuestSlots {
+    /// Reserves a slot for one guest and creates its descriptors.
+    fn prepare_peer(&self) -> io::Result<PreparedPeer>;
+}
+
+impl GuestSlots for HostHub {
+    fn prepare_peer(&self) -> io::Result<PreparedPeer> {
+        HostHub::prepare_peer(self)
+    }
+}
+
 /// Creates guest slots on a segment.
 #[derive(Debug, Clone)]
 pub struct HostHub {
@@ -107,6 +122,11 @@ impl PreparedPeer {
         self.host.peer_id
     }
 
+    /// The segment the slot is on (what the guest must attach).
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.host.segment
+    }
+
     /// Splits into the host's half and the guest's ticket.
     pub fn into_parts(self) -> (HostPeer, GuestSpawnTicket) {
         (self.host, self.ticket)
@@ -126,6 +146,11 @@ impl HostPeer {
     /// The guest's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The segment the slot is on.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.segment
     }
 
     /// Builds the host's link (inside a tokio runtime).
@@ -190,15 +215,15 @@ impl GuestSpawnTicket {
 /// and `SHM_MMAP_TX_FD=N` — the arguments of vox-shm 0.3.1 guests plus the
 /// segment descriptor. Only this child inherits those descriptors. The guest
 /// side turns them into a link with [`GuestArgs`].
-pub fn spawn_guest(hub: &HostHub, cmd: Command) -> io::Result<(ShmLink, Child)> {
+pub fn spawn_guest(hub: &impl GuestSlots, cmd: Command) -> io::Result<(ShmLink, Child)> {
     spawn_guest_with(hub, cmd, LinkOptions::default())
 }
 
 /// [`spawn_guest`] with link options for the host's end.
-pub fn spawn_guest_with(hub: &HostHub, mut cmd: Command, options: LinkOptions) -> io::Result<(ShmLink, Child)> {
+pub fn spawn_guest_with(hub: &impl GuestSlots, mut cmd: Command, options: LinkOptions) -> io::Result<(ShmLink, Child)> {
     let (host, ticket) = hub.prepare_peer()?.into_parts();
-    let segment_fd = hub.segment().try_clone_fd()?;
-    if let Some(path) = hub.segment().path() {
+    let segment_fd = host.segment().try_clone_fd()?;
+    if let Some(path) = host.segment().path() {
         cmd.arg(format!("{HUB_PATH_ARG}={}", path.display()));
     }
     cmd.arg(format!("{SEGMENT_FD_ARG}={}", segment_fd.as_raw_fd()))

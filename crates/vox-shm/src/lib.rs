@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod framing;
 pub mod host;
 pub mod inspect;
+pub mod isolation;
 pub mod link;
 pub mod mmap_registry;
 pub mod segment;
@@ -29,7 +30,7 @@ pub mod peer_table {
 
 pub use host::{
     create_test_link_pair, guest_link_from_raw, guest_link_from_ticket, spawn_guest, AddPeerOptions, GuestArgs,
-    GuestSpawnTicket, HostHub, HostPeer, MultiPeerHostDriver, PreparedPeer, ShmHost,
+    GuestSlots, GuestSpawnTicket, HostHub, HostPeer, MultiPeerHostDriver, PreparedPeer, ShmHost,
 };
 pub use link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, SplitLink, TransportMode, WriteSlot};
 pub use segment::{AttachError, CreateError, CreateOptions, PeerError, Segment, SegmentConfig};

@@ -243,9 +243,11 @@ fn bootstrap_echo(sock: &Path, sid: &str) -> Res {
 async fn hostile(args: &GuestArgs, kind: &str) -> Res {
     use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle};
     use vox_shm::framing;
-    let segment = Arc::new(match &args.hub_path {
-        Some(p) => Segment::attach(p)?,
-        None => return Err("hostile mode needs --hub-path".into()),
+    let segment = Arc::new(match (args.segment_fd, &args.hub_path) {
+        // SAFETY: inherited for us by spawn_guest; adopted once here.
+        (Some(fd), _) => Segment::attach_fd(unsafe { shm_primitives_async::fd::adopt_fd(fd, None) }?)?,
+        (None, Some(p)) => Segment::attach(p)?,
+        (None, None) => return Err("hostile mode needs --segment-fd or --hub-path".into()),
     });
     let id: PeerId = args.peer_id;
     // A guest that advertises nothing is treated as vox-shm 0.3.1.
@@ -276,6 +278,7 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
             entry[..8].copy_from_slice(&[0, 0, 0, 0x40, 0, 0, 0, 0]);
             8
         }
+        "pool-scribble" => return pool_scribble(&segment, id).await,
         "watermark-behind" | "wrap-stall" | "scribble-header" => {
             let path = args.hub_path.as_deref().ok_or("needs --hub-path")?;
             return scribble_ring(kind, path, &segment, id, &mut tx, &bell).await;
@@ -293,6 +296,28 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
     bell.signal();
     println!("committed {kind}");
     tokio::time::sleep(Duration::from_secs(3600)).await;
+    Ok(())
+}
+
+/// Writes junk over the whole slot pool and its own rings, again and again
+/// (what isolation mode must confine to this guest's own link).
+async fn pool_scribble(segment: &Segment, id: PeerId) -> Res {
+    let map = shm_primitives::mmap::MmapRegion::attach_fd(segment.try_clone_fd()?)?;
+    let l = segment.layout();
+    let spans = [
+        (l.var_pool_offset, l.total_size - l.var_pool_offset),
+        (l.g2h_offset(id), 2 * (l.h2g_offset(id) - l.g2h_offset(id))),
+    ];
+    println!("scribbling");
+    for round in 0u64.. {
+        for (off, len) in spans {
+            let p = map.region().range(off, len)?;
+            // SAFETY: in bounds of our live mapping; the bytes are shared
+            // memory we are allowed to write (that is the point of the test).
+            unsafe { std::ptr::write_bytes(p.as_ptr(), (round as u8).wrapping_mul(37) | 1, len as usize) };
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     Ok(())
 }
 

@@ -315,6 +315,17 @@ pub struct PreparedBootstrapPeer {
 }
 
 impl PreparedBootstrapPeer {
+    /// A success response for `prepared` whose payload is its segment's path
+    /// (empty for a segment without one: guests then attach by descriptor).
+    pub fn with_segment_path(prepared: crate::host::PreparedPeer) -> io::Result<PreparedBootstrapPeer> {
+        let payload = prepared.segment().path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let (host_peer, guest_ticket) = prepared.into_parts();
+        let response_frame =
+            encode_response(BootstrapStatus::Success, u32::from(guest_ticket.peer_id.get()), payload.as_bytes())
+                .map_err(io::Error::other)?;
+        Ok(PreparedBootstrapPeer { host_peer, guest_ticket, response_frame })
+    }
+
     /// The assigned peer id.
     pub fn peer_id(&self) -> PeerId {
         self.guest_ticket.peer_id
@@ -350,7 +361,7 @@ impl HostHub {
 /// deadline; [`BootstrapServer`] serves many at once.
 pub async fn serve_one(
     listener: &UnixListener,
-    hub: &HostHub,
+    hub: &(impl crate::host::GuestSlots + Sync),
     accept_sid: impl Fn(&[u8]) -> bool + Send + Sync,
     options: LinkOptions,
 ) -> Result<ShmLink, BootstrapError> {

@@ -24,10 +24,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use super::{
-    decode_request, send_response_unix, BootstrapError, PreparedBootstrapPeer, BOOTSTRAP_REQUEST_HEADER_LEN,
-    MAX_REQUEST_LEN,
+    decode_request, encode_response, send_response_unix, BootstrapError, BootstrapStatus, PreparedBootstrapPeer,
+    BOOTSTRAP_REQUEST_HEADER_LEN, MAX_REQUEST_LEN,
 };
-use crate::host::HostHub;
+use crate::host::GuestSlots;
 use crate::shm_link::{LinkOptions, ShmLink};
 
 /// The host application's session-id check, shared by the connection tasks.
@@ -146,7 +146,7 @@ impl BootstrapServer {
     /// allows other uids (then 0666: the credential check is the gate).
     pub fn bind(
         path: &Path,
-        hub: HostHub,
+        hub: impl GuestSlots + Clone + Send + Sync + 'static,
         accept_sid: impl Fn(&[u8]) -> bool + Send + Sync + 'static,
         policy: WalkInPolicy,
         options: LinkOptions,
@@ -220,7 +220,7 @@ fn nanos() -> u128 {
 /// One walk-in: credentials, the framed request, the session id, then a slot.
 pub(super) async fn serve_connection(
     mut stream: UnixStream,
-    hub: &HostHub,
+    hub: &(impl GuestSlots + ?Sized),
     accept_sid: &(dyn Fn(&[u8]) -> bool + Send + Sync),
     policy: &WalkInPolicy,
     options: LinkOptions,
@@ -231,7 +231,7 @@ pub(super) async fn serve_connection(
     // it reads the refusal instead of a broken pipe.
     let request = read_request(&mut stream).await;
     if !policy.allows(uid) {
-        refuse(&stream, hub, &format!("uid {uid} may not walk in")).await?;
+        refuse(&stream, &format!("uid {uid} may not walk in")).await?;
         return Err(WalkInError::NotAllowed { uid, pid });
     }
     let sid_ok = request.as_ref().is_ok_and(|sid| accept_sid(sid));
@@ -240,19 +240,18 @@ pub(super) async fn serve_connection(
             Ok(_) => "session id not accepted".to_string(),
             Err(e) => format!("bad request: {e}"),
         };
-        refuse(&stream, hub, &why).await?;
+        refuse(&stream, &why).await?;
         return Err(BootstrapError::Rejected(why).into());
     }
-    let payload = hub.segment().path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let prepared = match hub.prepare_bootstrap_success(payload.as_bytes()) {
+    let prepared = match hub.prepare_peer().and_then(PreparedBootstrapPeer::with_segment_path) {
         Ok(p) => p,
         Err(e) => {
-            refuse(&stream, hub, &format!("no slot: {e}")).await?;
+            refuse(&stream, &format!("no slot: {e}")).await?;
             return Err(BootstrapError::Io(e).into());
         }
     };
     stream.writable().await.map_err(BootstrapError::Io)?;
-    prepared.send_success_unix(stream.as_fd(), hub.segment())?;
+    prepared.send_success_unix(stream.as_fd(), prepared.host_peer.segment())?;
     let PreparedBootstrapPeer { host_peer, guest_ticket, .. } = prepared;
     let peer_id = guest_ticket.peer_id;
     // The guest has its own copies now; ours close here.
@@ -261,8 +260,8 @@ pub(super) async fn serve_connection(
     Ok(WalkIn { link, peer_id, pid, uid, gid })
 }
 
-async fn refuse(stream: &UnixStream, hub: &HostHub, why: &str) -> Result<(), BootstrapError> {
-    let frame = hub.bootstrap_error_response(why.as_bytes())?;
+async fn refuse(stream: &UnixStream, why: &str) -> Result<(), BootstrapError> {
+    let frame = encode_response(BootstrapStatus::Error, 0, why.as_bytes())?;
     stream.writable().await?;
     send_response_unix(stream.as_fd(), &frame, None)
 }
