@@ -77,6 +77,38 @@ async fn a_request_written_in_two_parts_is_served() {
     assert_eq!(u32::from(w.peer_id.get()), r.peer_id);
 }
 
+/// Hostile bytes on the bootstrap socket: a bad magic, a session id longer
+/// than any request may be, and a request cut short by a hang-up each get a
+/// typed error; the next honest guest is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_requests_are_typed_errors_and_serve_on() {
+    use vox_shm::bootstrap::BootstrapError;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
+    let mut server = server(dir.path(), hub, WalkInPolicy::default());
+    // (bytes, what the refusal names)
+    let cases: [(&[u8], &str); 3] =
+        [(b"XXXX\x00\x00", "magic"), (b"RSH0\xff\xff", "does not fit"), (b"RSH0\x10\x00abc", "truncated")];
+    for (bytes, names) in cases {
+        let mut stream = tokio::net::UnixStream::connect(server.path()).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        stream.shutdown().await.unwrap();
+        match next(&mut server).await {
+            Err(WalkInError::Bootstrap(BootstrapError::Rejected(why))) => {
+                assert!(why.starts_with("bad request") && why.contains(names), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The client got the refusal in the protocol, with no descriptor.
+        let r = vox_shm::bootstrap::recv_response(&mut stream).await.unwrap();
+        assert_eq!(r.status, BootstrapStatus::Error);
+        assert!(r.fds.is_none());
+    }
+    let child = guest(server.path()).spawn().unwrap();
+    echo_once(next(&mut server).await.unwrap().link).await;
+    finish(child).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_the_policy_does_not_allow_gets_a_refusal_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();

@@ -288,6 +288,35 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
             let ctl = unsafe { shm_primitives_async::control::adopt(args.mmap_control_fd) }?;
             return unsealed_region(kind, &ctl, &mut tx, &bell).await;
         }
+        "bad-control" => {
+            // SAFETY: the descriptor was inherited for us; adopted once here.
+            let ctl = unsafe { shm_primitives_async::control::adopt(args.mmap_control_fd) }?;
+            // An announcement with two descriptors instead of one, then a
+            // reference that needs it.
+            let f = std::fs::File::open("/dev/null")?;
+            let msg =
+                shm_primitives_async::control::MmapAttachMessage { map_id: 0, map_generation: 0, mapping_length: 4096 };
+            use std::os::fd::{AsFd, AsRawFd};
+            shm_primitives_async::control::send_with_fds(
+                ctl.as_fd(),
+                &msg.to_le_bytes(),
+                &[f.as_raw_fd(), f.as_raw_fd()],
+            )?;
+            framing::write_mmap_ref(
+                &mut entry,
+                &framing::MmapRef { map_id: 0, map_generation: 0, map_offset: 64, payload_len: 10 },
+            )
+        }
+        "doorbell-flood" => {
+            // Rings the doorbell as fast as it can and sends nothing else.
+            println!("flooding");
+            loop {
+                for _ in 0..1000 {
+                    bell.signal();
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         other => return Err(format!("unknown hostile kind {other}").into()),
     };
     tx.try_grant(n)?.ok_or("ring full")?;
