@@ -170,23 +170,25 @@ pub enum RingError {
     },
 }
 
-/// A view of one BipBuffer: header plus data. Copyable, does not own memory.
+/// A view of one BipBuffer: header plus data, borrowing the memory it lives
+/// in for `'a`. Copyable, does not own memory.
 #[derive(Debug, Clone, Copy)]
-pub struct BipBuf {
+pub struct BipBuf<'a> {
     header: NonNull<BipBufHeader>,
     data: NonNull<u8>,
     capacity: u32,
+    _mem: PhantomData<&'a [u8]>,
 }
 
 // SAFETY: the view only holds pointers; all shared state is accessed through
 // atomics, and the data bytes through the single producer/consumer handles.
-unsafe impl Send for BipBuf {}
+unsafe impl Send for BipBuf<'_> {}
 // SAFETY: see `Send`.
-unsafe impl Sync for BipBuf {}
+unsafe impl Sync for BipBuf<'_> {}
 
-impl BipBuf {
+impl<'a> BipBuf<'a> {
     fn locate(
-        region: Region,
+        region: Region<'a>,
         header_offset: u64,
         capacity: u32,
     ) -> Result<(NonNull<BipBufHeader>, NonNull<u8>), OutOfBounds> {
@@ -200,28 +202,39 @@ impl BipBuf {
     /// # Safety
     /// Nobody else may access the ring while it is initialised, and the region's
     /// memory must outlive the view and every handle made from it.
-    pub unsafe fn init(region: Region, header_offset: u64, capacity: u32) -> Result<BipBuf, OutOfBounds> {
+    pub unsafe fn init(region: Region<'a>, header_offset: u64, capacity: u32) -> Result<BipBuf<'a>, OutOfBounds> {
         let (header, data) = Self::locate(region, header_offset, capacity)?;
         // SAFETY: in bounds and aligned (checked by `locate`); exclusive access
         // during initialisation is the caller's contract.
         unsafe { header.as_ptr().write(BipBufHeader::new(capacity)) };
-        Ok(BipBuf { header, data, capacity })
+        Ok(BipBuf { header, data, capacity, _mem: PhantomData })
     }
 
     /// A view of an existing ring with a *trusted* capacity (from our own
     /// configuration or a validated segment header), bounds-checked.
-    pub fn attach(region: Region, header_offset: u64, capacity: u32) -> Result<BipBuf, OutOfBounds> {
+    pub fn attach(region: Region<'a>, header_offset: u64, capacity: u32) -> Result<BipBuf<'a>, OutOfBounds> {
         let (header, data) = Self::locate(region, header_offset, capacity)?;
-        Ok(BipBuf { header, data, capacity })
+        Ok(BipBuf { header, data, capacity, _mem: PhantomData })
     }
 
-    /// A view over separately allocated parts (loom models, tests).
+    /// A view over separately allocated parts (loom models, tests), for a
+    /// lifetime the caller chooses.
     ///
     /// # Safety
     /// `header` must point to a live `BipBufHeader` and `data` to `capacity`
-    /// writable bytes, both outliving the view and its handles.
-    pub unsafe fn from_parts(header: NonNull<BipBufHeader>, data: NonNull<u8>, capacity: u32) -> BipBuf {
-        BipBuf { header, data, capacity }
+    /// writable bytes, both live for all of `'a`.
+    pub unsafe fn from_parts(header: NonNull<BipBufHeader>, data: NonNull<u8>, capacity: u32) -> BipBuf<'a> {
+        BipBuf { header, data, capacity, _mem: PhantomData }
+    }
+
+    /// The same view with a lifetime the caller vouches for: for a structure
+    /// that keeps the mapping alive next to the view (as a link keeps its
+    /// `Arc<Segment>`), where the borrow checker cannot see it.
+    ///
+    /// # Safety
+    /// The memory must stay mapped for all of `'b`.
+    pub unsafe fn assume_lives<'b>(self) -> BipBuf<'b> {
+        BipBuf { header: self.header, data: self.data, capacity: self.capacity, _mem: PhantomData }
     }
 
     /// The header in shared memory.
@@ -241,7 +254,7 @@ impl BipBuf {
     /// # Safety
     /// At most one producer handle may exist for a ring at any time, in any
     /// process; the segment layer enforces this per process.
-    pub unsafe fn producer(&self) -> BipBufProducer {
+    pub unsafe fn producer(&self) -> BipBufProducer<'a> {
         let write = self.header().write.load(Ordering::Relaxed).min(self.capacity);
         BipBufProducer { buf: *self, write, cached_read: 0, pending: None, wraps: 0 }
     }
@@ -250,7 +263,7 @@ impl BipBuf {
     ///
     /// # Safety
     /// At most one consumer handle may exist for a ring at any time.
-    pub unsafe fn consumer(&self) -> BipBufConsumer {
+    pub unsafe fn consumer(&self) -> BipBufConsumer<'a> {
         let read = self.header().read.load(Ordering::Relaxed).min(self.capacity);
         BipBufConsumer { buf: *self, read, known_end: read, unpublished: 0, last_seen: (0, 0) }
     }
@@ -302,8 +315,8 @@ impl BipBuf {
 
 /// The producing end of a ring.
 #[derive(Debug)]
-pub struct BipBufProducer {
-    buf: BipBuf,
+pub struct BipBufProducer<'a> {
+    buf: BipBuf<'a>,
     /// Our `write`; only we store it, so the shared copy is never loaded back.
     write: u32,
     /// Last `read` we loaded. It can only be stale in the safe direction (the
@@ -317,9 +330,25 @@ pub struct BipBufProducer {
     wraps: u64,
 }
 
-impl BipBufProducer {
+impl<'a> BipBufProducer<'a> {
+    /// The same handle with a lifetime the caller vouches for (see
+    /// [`BipBuf::assume_lives`]).
+    ///
+    /// # Safety
+    /// The ring's memory must stay mapped for all of `'b`.
+    pub unsafe fn assume_lives<'b>(self) -> BipBufProducer<'b> {
+        BipBufProducer {
+            // SAFETY: forwarded to the caller's contract.
+            buf: unsafe { self.buf.assume_lives() },
+            write: self.write,
+            cached_read: self.cached_read,
+            pending: self.pending,
+            wraps: self.wraps,
+        }
+    }
+
     /// The ring this handle writes.
-    pub fn ring(&self) -> &BipBuf {
+    pub fn ring(&self) -> &BipBuf<'a> {
         &self.buf
     }
 
@@ -466,7 +495,7 @@ pub struct ReadRegion<'a> {
     offset: u32,
     ptr: NonNull<u8>,
     len: u32,
-    _ring: PhantomData<&'a BipBufConsumer>,
+    _ring: PhantomData<&'a ()>,
 }
 
 impl ReadRegion<'_> {
@@ -537,8 +566,8 @@ impl ReadRegion<'_> {
 
 /// The consuming end of a ring.
 #[derive(Debug)]
-pub struct BipBufConsumer {
-    buf: BipBuf,
+pub struct BipBufConsumer<'a> {
+    buf: BipBuf<'a>,
     /// Our `read`; only we store it (the producer only loads it).
     read: u32,
     /// End of the bytes we already know are published (from an earlier
@@ -552,9 +581,25 @@ pub struct BipBufConsumer {
     last_seen: (u32, u32),
 }
 
-impl BipBufConsumer {
+impl<'a> BipBufConsumer<'a> {
+    /// The same handle with a lifetime the caller vouches for (see
+    /// [`BipBuf::assume_lives`]).
+    ///
+    /// # Safety
+    /// The ring's memory must stay mapped for all of `'b`.
+    pub unsafe fn assume_lives<'b>(self) -> BipBufConsumer<'b> {
+        BipBufConsumer {
+            // SAFETY: forwarded to the caller's contract.
+            buf: unsafe { self.buf.assume_lives() },
+            read: self.read,
+            known_end: self.known_end,
+            unpublished: self.unpublished,
+            last_seen: self.last_seen,
+        }
+    }
+
     /// The ring this handle reads.
-    pub fn ring(&self) -> &BipBuf {
+    pub fn ring(&self) -> &BipBuf<'a> {
         &self.buf
     }
 
@@ -699,14 +744,16 @@ mod tests {
     use super::*;
     use crate::region::HeapRegion;
 
-    fn ring(cap: u32) -> (HeapRegion, BipBuf) {
-        let heap = HeapRegion::new_zeroed(128 + cap as usize);
-        // SAFETY: fresh, exclusive heap memory that outlives the ring in each test.
+    /// A ring in heap memory that lives for the rest of the test process
+    /// (leaked: a view borrows its memory, and the tests keep both).
+    fn ring(cap: u32) -> (&'static HeapRegion, BipBuf<'static>) {
+        let heap: &'static HeapRegion = Box::leak(Box::new(HeapRegion::new_zeroed(128 + cap as usize)));
+        // SAFETY: fresh, exclusive heap memory that is never freed.
         let buf = unsafe { BipBuf::init(heap.region(), 0, cap) }.unwrap();
         (heap, buf)
     }
 
-    fn positions(b: &BipBuf) -> (u32, u32, u32) {
+    fn positions(b: &BipBuf<'_>) -> (u32, u32, u32) {
         b.positions()
     }
 

@@ -229,9 +229,9 @@ impl MmapRegion {
         Ok(Self { map, file, path: None, cleanup: FileCleanup::Manual, owner: false })
     }
 
-    /// A view of the mapped bytes, valid while `self` is alive and not
-    /// remapped (remapping needs `&mut self`).
-    pub fn region(&self) -> Region {
+    /// A view of the mapped bytes, borrowing `self` (so it ends before a
+    /// remap, which needs `&mut self`, or the unmap).
+    pub fn region(&self) -> Region<'_> {
         self.map.region()
     }
 
@@ -327,9 +327,10 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// A view of the mapped bytes.
-    pub fn region(&self) -> Region {
-        // SAFETY: page-aligned (mmap) and mapped until `self` is dropped.
+    /// A view of the mapped bytes, borrowing `self`.
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: page-aligned (mmap) and mapped until `self` is dropped, which
+        // the returned lifetime borrows.
         unsafe { Region::from_raw(self.ptr, self.len) }
     }
 
@@ -440,12 +441,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn write_byte(r: &Region, off: u64, v: u8) {
+    fn write_byte(r: &Region<'_>, off: u64, v: u8) {
         let p = r.range(off, 1).unwrap();
         // SAFETY: checked in bounds; the test owns the mapping.
         unsafe { p.as_ptr().write_volatile(v) }
     }
-    fn read_byte(r: &Region, off: u64) -> u8 {
+    fn read_byte(r: &Region<'_>, off: u64) -> u8 {
         let p = r.range(off, 1).unwrap();
         // SAFETY: checked in bounds; the test owns the mapping.
         unsafe { p.as_ptr().read_volatile() }

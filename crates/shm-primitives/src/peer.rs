@@ -333,17 +333,17 @@ impl PeerEntry {
     }
 }
 
-/// A view of the peer table.
+/// A view of the peer table, borrowing the memory it lives in for `'a`.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerTable {
-    region: Region,
+pub struct PeerTable<'a> {
+    region: Region<'a>,
     offset: u64,
     max_guests: u8,
 }
 
-impl PeerTable {
+impl<'a> PeerTable<'a> {
     /// A view of `max_guests` entries at `offset`, bounds-checked.
-    pub fn attach(region: Region, offset: u64, max_guests: u8) -> Result<PeerTable, OutOfBounds> {
+    pub fn attach(region: Region<'a>, offset: u64, max_guests: u8) -> Result<PeerTable<'a>, OutOfBounds> {
         region.range(offset, max_guests as u64 * PEER_ENTRY_SIZE as u64)?;
         if offset % 64 != 0 {
             return Err(OutOfBounds { offset, size: PEER_ENTRY_SIZE as u64, region_len: region.len() as u64 });
@@ -405,7 +405,7 @@ mod tests {
     use super::*;
     use crate::region::HeapRegion;
 
-    fn table(heap: &HeapRegion, n: u8) -> PeerTable {
+    fn table(heap: &HeapRegion, n: u8) -> PeerTable<'_> {
         let t = PeerTable::attach(heap.region(), 128, n).unwrap();
         t.init(|id| 1000 + id.index() as u64 * 512);
         t

@@ -1,13 +1,40 @@
 //! Views of raw memory that the segment structures live in.
 //!
-//! [`Region`] is a copyable, unowned pointer + length. Whoever owns the memory
-//! (an [`MmapRegion`](crate::MmapRegion), a [`HeapRegion`]) keeps it alive for as
-//! long as any view built over it; the `vox-shm` crate ties that together with an
-//! `Arc`. Every offset taken into a region goes through [`Region::range`], which
-//! refuses anything that does not fit, so an untrusted offset can never produce a
-//! pointer outside the mapping.
+//! [`Region`] is a copyable pointer + length that *borrows* the memory's owner
+//! (an [`MmapRegion`](crate::MmapRegion), a [`Mapping`](crate::Mapping), a
+//! [`HeapRegion`]): its lifetime `'a` is the owner's borrow, and every view
+//! built from it (`BipBuf<'a>`, `VarSlotPool<'a>`, `PeerTable<'a>`) carries the
+//! same lifetime, so safe code cannot keep a view after the mapping is gone
+//! (memmap2's rule). The `vox-shm` crate stores views next to the mapping they
+//! borrow (inside one `Arc`) by way of the `unsafe` [`Region::from_raw`], and
+//! hands them out only reborrowed at its own lifetime. Every offset taken into
+//! a region goes through [`Region::range`], which refuses anything that does
+//! not fit, so an untrusted offset can never produce a pointer outside the
+//! mapping.
+//!
+//! A view cannot outlive its mapping:
+//! ```compile_fail,E0597
+//! use shm_primitives::{bipbuf::BipBuf, MmapRegion};
+//! let region = {
+//!     let m = MmapRegion::create_anonymous("demo", 4096).unwrap();
+//!     m.region()
+//! };
+//! let ring = BipBuf::attach(region, 0, 64).unwrap();
+//! println!("{}", ring.header().stored_capacity());
+//! ```
+//! nor a pool view its heap memory:
+//! ```compile_fail,E0505
+//! use shm_primitives::varslot::{PoolLayout, SizeClassConfig, VarSlotPool};
+//! use shm_primitives::HeapRegion;
+//! let layout = PoolLayout::compute(&[SizeClassConfig { slot_size: 64, slot_count: 2 }]).unwrap();
+//! let heap = HeapRegion::new_zeroed(layout.size as usize);
+//! let pool = VarSlotPool::attach(heap.region(), 0, &layout).unwrap();
+//! drop(heap);
+//! pool.allocate(1, 0).unwrap();
+//! ```
 
 use std::alloc::{self, Layout};
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 /// An offset/size pair that does not fit inside a region.
@@ -22,30 +49,34 @@ pub struct OutOfBounds {
     pub region_len: u64,
 }
 
-/// A contiguous, mapped byte range. Copyable; does not own the memory.
+/// A contiguous, mapped byte range, borrowed from its owner for `'a`.
+/// Copyable; does not own the memory.
 #[derive(Debug, Clone, Copy)]
-pub struct Region {
+pub struct Region<'a> {
     base: NonNull<u8>,
     len: usize,
+    _owner: PhantomData<&'a [u8]>,
 }
 
 // SAFETY: a `Region` is only a pointer and a length. All access to the memory
 // behind it goes through atomics or through types whose own `unsafe` contracts
 // say who may touch which bytes; the pointer itself may move between threads.
-unsafe impl Send for Region {}
+unsafe impl Send for Region<'_> {}
 // SAFETY: see the `Send` impl; sharing the pointer value is harmless.
-unsafe impl Sync for Region {}
+unsafe impl Sync for Region<'_> {}
 
-impl Region {
-    /// Builds a view over `len` bytes at `base`.
+impl<'a> Region<'a> {
+    /// Builds a view over `len` bytes at `base`, for a lifetime the caller
+    /// chooses.
     ///
     /// # Safety
-    /// `base..base+len` must stay mapped, readable and writable for as long as the
-    /// region or anything built from it is used, and `base` must be 64-byte
-    /// aligned (the segment format aligns every structure to 64 from its base).
+    /// `base..base+len` must stay mapped, readable and writable for all of `'a`
+    /// (so for as long as the region or anything built from it is used), and
+    /// `base` must be 64-byte aligned (the segment format aligns every
+    /// structure to 64 from its base).
     pub unsafe fn from_raw(base: NonNull<u8>, len: usize) -> Self {
         debug_assert_eq!(base.as_ptr() as usize % 64, 0, "region base must be 64-aligned");
-        Self { base, len }
+        Self { base, len, _owner: PhantomData }
     }
 
     /// First byte of the region.
@@ -109,10 +140,10 @@ impl HeapRegion {
         Self { ptr, layout }
     }
 
-    /// A view of the whole allocation.
-    pub fn region(&self) -> Region {
-        // SAFETY: the allocation is 64-aligned and lives as long as `self`; users
-        // of the view must not outlive it (documented on `Region::from_raw`).
+    /// A view of the whole allocation, borrowing it.
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: the allocation is 64-aligned and lives as long as `self`,
+        // which the returned lifetime borrows.
         unsafe { Region::from_raw(self.ptr, self.layout.size()) }
     }
 }

@@ -398,10 +398,10 @@ enum Popped {
     Stopped,
 }
 
-/// A view of the slot pool.
+/// A view of the slot pool, borrowing the memory it lives in for `'a`.
 #[derive(Debug, Clone)]
-pub struct VarSlotPool {
-    region: Region,
+pub struct VarSlotPool<'a> {
+    region: Region<'a>,
     base: u64,
     classes: Vec<ClassOffsets>,
     ops: std::sync::Arc<OpsInFlight>,
@@ -414,8 +414,8 @@ fn unpack(head: u64) -> (u32, u32) {
     ((head >> 32) as u32, head as u32)
 }
 
-impl VarSlotPool {
-    fn check_bounds(region: Region, base: u64, layout: &PoolLayout) -> Result<(), OutOfBounds> {
+impl<'a> VarSlotPool<'a> {
+    fn check_bounds(region: Region<'_>, base: u64, layout: &PoolLayout) -> Result<(), OutOfBounds> {
         region.range(base, layout.size)?;
         if base % 64 != 0 || (region.base().as_ptr() as usize) % 64 != 0 {
             return Err(OutOfBounds { offset: base, size: layout.size, region_len: region.len() as u64 });
@@ -428,7 +428,7 @@ impl VarSlotPool {
     /// # Safety
     /// Nobody else may access the pool's bytes during initialisation, and the
     /// region must outlive the returned view.
-    pub unsafe fn init(region: Region, base: u64, layout: &PoolLayout) -> Result<VarSlotPool, OutOfBounds> {
+    pub unsafe fn init(region: Region<'a>, base: u64, layout: &PoolLayout) -> Result<VarSlotPool<'a>, OutOfBounds> {
         Self::check_bounds(region, base, layout)?;
         for (i, c) in layout.classes.iter().enumerate() {
             let hp = region.typed::<SizeClassHeader>(base + i as u64 * CLASS_HEADER_SIZE)?;
@@ -460,7 +460,11 @@ impl VarSlotPool {
     /// Reads the class table of an existing pool and validates it: the table
     /// and every class's arrays must lie inside the region, and the classes must
     /// pass [`PoolLayout::compute`].
-    pub fn discover_configs(region: Region, base: u64, num_classes: u32) -> Result<Vec<SizeClassConfig>, HeaderError> {
+    pub fn discover_configs(
+        region: Region<'_>,
+        base: u64,
+        num_classes: u32,
+    ) -> Result<Vec<SizeClassConfig>, HeaderError> {
         if num_classes == 0 {
             return Err(HeaderError::NoSizeClasses);
         }
@@ -483,7 +487,7 @@ impl VarSlotPool {
 
     /// A view of an existing pool whose geometry was validated by the caller
     /// (normally from [`VarSlotPool::discover_configs`] and a layout check).
-    pub fn attach(region: Region, base: u64, layout: &PoolLayout) -> Result<VarSlotPool, OutOfBounds> {
+    pub fn attach(region: Region<'a>, base: u64, layout: &PoolLayout) -> Result<VarSlotPool<'a>, OutOfBounds> {
         Self::check_bounds(region, base, layout)?;
         Ok(VarSlotPool { region, base, classes: layout.classes.clone(), ops: Default::default() })
     }
@@ -960,15 +964,17 @@ mod tests {
         SizeClassConfig { slot_size, slot_count }
     }
 
-    fn pool(configs: &[SizeClassConfig]) -> (HeapRegion, VarSlotPool) {
+    /// A pool in heap memory that lives for the rest of the test process
+    /// (leaked: a view borrows its memory, and the tests keep both).
+    fn pool(configs: &[SizeClassConfig]) -> (&'static HeapRegion, VarSlotPool<'static>) {
         let layout = PoolLayout::compute(configs).unwrap();
-        let heap = HeapRegion::new_zeroed(layout.size as usize);
-        // SAFETY: fresh, exclusive heap memory that outlives the pool in each test.
+        let heap: &'static HeapRegion = Box::leak(Box::new(HeapRegion::new_zeroed(layout.size as usize)));
+        // SAFETY: fresh, exclusive heap memory that is never freed.
         let p = unsafe { VarSlotPool::init(heap.region(), 0, &layout) }.unwrap();
         (heap, p)
     }
 
-    fn meta_word(p: &VarSlotPool, class: usize, idx: u32) -> &VarSlotMeta {
+    fn meta_word<'p>(p: &'p VarSlotPool<'_>, class: usize, idx: u32) -> &'p VarSlotMeta {
         p.meta(class, idx)
     }
 
@@ -1086,17 +1092,17 @@ mod tests {
     }
 
     /// Another process's view of the same pool (its own operation counter).
-    fn other_view(p: &VarSlotPool) -> VarSlotPool {
+    fn other_view<'a>(p: &VarSlotPool<'a>) -> VarSlotPool<'a> {
         VarSlotPool::attach(p.region, p.base, &PoolLayout::compute(&p.layout_configs()).unwrap()).unwrap()
     }
 
-    impl VarSlotPool {
+    impl VarSlotPool<'_> {
         fn layout_configs(&self) -> Vec<SizeClassConfig> {
             self.classes.iter().map(|c| sc(c.slot_size, c.slot_count)).collect()
         }
     }
 
-    fn recover(host: &VarSlotPool, dead_owner: u32) {
+    fn recover(host: &VarSlotPool<'_>, dead_owner: u32) {
         host.reclaim_peer_slots(dead_owner);
         assert!(matches!(host.return_orphans(|| false), Ok(OrphanAudit::Done { .. })));
     }

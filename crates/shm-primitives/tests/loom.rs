@@ -32,7 +32,7 @@ impl Ring {
             shadow: (0..cap).map(|_| UnsafeCell::new(0)).collect(),
         })
     }
-    fn buf(&self) -> BipBuf {
+    fn buf(&self) -> BipBuf<'_> {
         // SAFETY: header and data live as long as the `Arc<Ring>` every thread holds.
         unsafe {
             BipBuf::from_parts(
@@ -121,8 +121,9 @@ fn ring_full_buffer_round_trip() {
 fn pool_never_hands_out_a_slot_twice() {
     model(|| {
         let layout = PoolLayout::compute(&[SizeClassConfig { slot_size: 8, slot_count: 2 }]).unwrap();
-        let heap = HeapRegion::new_zeroed(layout.size as usize);
-        // SAFETY: exclusive during init; `heap` outlives the threads (joined below).
+        // Leaked: the threads' views borrow it for `'static` (a few bytes per run).
+        let heap: &'static HeapRegion = Box::leak(Box::new(HeapRegion::new_zeroed(layout.size as usize)));
+        // SAFETY: exclusive during init; `heap` is never freed.
         let pool = Arc::new(unsafe { VarSlotPool::init(heap.region(), 0, &layout) }.unwrap());
         let shadow: Arc<Vec<UnsafeCell<u32>>> = Arc::new((0..2).map(|_| UnsafeCell::new(0)).collect());
         let handles: Vec<_> = (1..=3u32)
@@ -144,7 +145,6 @@ fn pool_never_hands_out_a_slot_twice() {
             h.join().unwrap();
         }
         assert_eq!(pool.check_free_list(0), Ok(2));
-        drop(heap);
     });
 }
 
@@ -153,8 +153,9 @@ fn pool_never_hands_out_a_slot_twice() {
 fn pool_racing_double_free_has_one_winner() {
     model(|| {
         let layout = PoolLayout::compute(&[SizeClassConfig { slot_size: 8, slot_count: 2 }]).unwrap();
-        let heap = HeapRegion::new_zeroed(layout.size as usize);
-        // SAFETY: exclusive during init; `heap` outlives the threads (joined below).
+        // Leaked: the threads' views borrow it for `'static` (a few bytes per run).
+        let heap: &'static HeapRegion = Box::leak(Box::new(HeapRegion::new_zeroed(layout.size as usize)));
+        // SAFETY: exclusive during init; `heap` is never freed.
         let pool = Arc::new(unsafe { VarSlotPool::init(heap.region(), 0, &layout) }.unwrap());
         let slot = pool.allocate(8, 1).unwrap();
         let p2 = pool.clone();
@@ -163,7 +164,6 @@ fn pool_racing_double_free_has_one_winner() {
         let theirs = t.join().unwrap();
         assert!(mine ^ theirs, "exactly one free must succeed");
         assert_eq!(pool.check_free_list(0), Ok(2));
-        drop(heap);
     });
 }
 
@@ -177,8 +177,9 @@ fn pool_recovers_after_a_stop(free: bool, steps: u32) {
     use shm_primitives::varslot::OrphanAudit;
     model(move || {
         let layout = PoolLayout::compute(&[SizeClassConfig { slot_size: 8, slot_count: 2 }]).unwrap();
-        let heap = HeapRegion::new_zeroed(layout.size as usize);
-        // SAFETY: exclusive during init; `heap` outlives the threads (joined below).
+        // Leaked: the threads' views borrow it for `'static` (a few bytes per run).
+        let heap: &'static HeapRegion = Box::leak(Box::new(HeapRegion::new_zeroed(layout.size as usize)));
+        // SAFETY: exclusive during init; `heap` is never freed.
         let host = unsafe { VarSlotPool::init(heap.region(), 0, &layout) }.unwrap();
         // Each process has its own view, and so its own operation counter.
         let dead = VarSlotPool::attach(heap.region(), 0, &layout).unwrap();
@@ -213,7 +214,6 @@ fn pool_recovers_after_a_stop(free: bool, steps: u32) {
         let a = host.allocate(8, 0).unwrap();
         let b = host.allocate(8, 0).unwrap();
         assert_ne!(a.slot_idx, b.slot_idx);
-        drop(heap);
     });
 }
 

@@ -23,8 +23,10 @@ pub struct SegmentView {
     map: Mapping,
     layout: SegmentLayout,
     fields: HeaderFields,
-    peers: PeerTable,
-    pool: VarSlotPool,
+    /// Views of `map`, which this struct keeps mapped (hence `'static`; they
+    /// are only used through `&self`).
+    peers: PeerTable<'static>,
+    pool: VarSlotPool<'static>,
 }
 
 /// Fill state of one ring.
@@ -129,7 +131,8 @@ impl SegmentView {
     /// Maps `path` read-only and validates it.
     pub fn open(path: &Path) -> Result<SegmentView, AttachError> {
         let map = MmapRegion::attach_read_only(path)?;
-        let v = validate_region(map.region())?;
+        // SAFETY: `map` is stored beside the views and outlives them.
+        let v = validate_region(unsafe { crate::segment::unbounded(map.region()) })?;
         Ok(SegmentView { map, layout: v.layout, fields: v.fields, peers: v.peers, pool: v.pool })
     }
 

@@ -60,7 +60,9 @@ fn released_counter(region: &Mapping) -> &AtomicU64 {
 struct Region {
     map_id: u32,
     generation: u32,
-    mmap: Mapping,
+    /// Shared with every outstanding allocation, so an allocation's bytes stay
+    /// mapped even if the registry goes first.
+    mmap: Arc<Mapping>,
     cursor: u64,
     handed_out: u64,
     in_flight: u32,
@@ -86,20 +88,21 @@ pub struct MmapAllocation {
     /// The reference to put in the frame.
     pub mmap_ref: MmapRef,
     ptr: NonNull<u8>,
+    /// Keeps the region mapped for as long as the allocation lives.
+    _mapping: Arc<Mapping>,
 }
 
-// SAFETY: the allocation is an address range inside a region the registry keeps
-// mapped until the allocation is committed or cancelled.
+// SAFETY: the allocation is an address range inside a mapping it keeps alive;
+// only its owner writes the range (see `bytes_mut`).
 unsafe impl Send for MmapAllocation {}
 
 impl MmapAllocation {
     /// The payload bytes.
-    ///
-    /// The registry that made this allocation must still be alive.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr..ptr+len` lies inside a region the registry keeps mapped
-        // while the allocation is outstanding; nobody else writes it (the
-        // receiver only reads after the frame is committed).
+        // SAFETY: `ptr..ptr+len` lies inside the mapping `_mapping` keeps alive;
+        // the registry handed this range to this allocation alone (its cursor
+        // moved past it, and the region is reused only once every payload from
+        // it was released), and the receiver only reads it after the commit.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.mmap_ref.payload_len as usize) }
     }
 }
@@ -211,6 +214,7 @@ impl MmapRegistry {
             index,
             mmap_ref: MmapRef { map_id: r.map_id, map_generation: r.generation, map_offset: offset, payload_len: len },
             ptr,
+            _mapping: r.mmap.clone(),
         })
     }
 
@@ -256,7 +260,7 @@ impl MmapRegistry {
         self.control.try_send(mmap.as_fd(), &msg)?;
         // The receiver has its own descriptor now; ours is not needed to keep
         // the mapping, so a registry holds no descriptor per region.
-        let mmap = mmap.into_mapping();
+        let mmap = Arc::new(mmap.into_mapping());
         let region = Region { map_id, generation, mmap, cursor: REGION_HEADER_SIZE, handed_out: 0, in_flight: 0 };
         self.stats.regions_created += 1;
         self.stats.bytes_mapped += size;

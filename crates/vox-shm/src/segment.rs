@@ -222,7 +222,7 @@ pub struct RingClaim {
 
 impl RingClaim {
     /// The ring this end belongs to.
-    pub fn ring(&self) -> BipBuf {
+    pub fn ring(&self) -> BipBuf<'_> {
         let r = match self.end {
             RingEnd::HostTx | RingEnd::GuestRx => self.segment.h2g_bipbuf(self.peer),
             RingEnd::HostRx | RingEnd::GuestTx => self.segment.g2h_bipbuf(self.peer),
@@ -230,15 +230,16 @@ impl RingClaim {
         r.expect("claims exist only for peers of the segment")
     }
 
-    /// The producer handle (for `HostTx` / `GuestTx` claims).
-    pub fn producer(&self) -> Option<BipBufProducer> {
+    /// The producer handle (for `HostTx` / `GuestTx` claims), for as long as
+    /// the claim lives.
+    pub fn producer(&self) -> Option<BipBufProducer<'_>> {
         // SAFETY: this claim is the only one for its end in this process, and the
         // claim outlives the handle (the caller keeps both together).
         matches!(self.end, RingEnd::HostTx | RingEnd::GuestTx).then(|| unsafe { self.ring().producer() })
     }
 
     /// The consumer handle (for `HostRx` / `GuestRx` claims).
-    pub fn consumer(&self) -> Option<BipBufConsumer> {
+    pub fn consumer(&self) -> Option<BipBufConsumer<'_>> {
         // SAFETY: as for `producer`.
         matches!(self.end, RingEnd::HostRx | RingEnd::GuestRx).then(|| unsafe { self.ring().consumer() })
     }
@@ -275,8 +276,11 @@ pub struct Segment {
     region: MmapRegion,
     layout: SegmentLayout,
     fields: HeaderFields,
-    peers: PeerTable,
-    pool: VarSlotPool,
+    /// Views of `region`'s mapping. `'static` only inside: the mapping lives
+    /// as long as this `Segment` (a remap needs `&mut self` and rebuilds them),
+    /// and they are handed out reborrowed at `&self`'s lifetime.
+    peers: PeerTable<'static>,
+    pool: VarSlotPool<'static>,
     created: bool,
     /// Per guest: which ring ends are in use in this process (`RingEnd` bits).
     ring_ends: Box<[AtomicU8]>,
@@ -329,7 +333,10 @@ impl Segment {
         config: &SegmentConfig<'_>,
         host_features: Features,
     ) -> io::Result<Segment> {
-        let r = region.region();
+        // SAFETY: the views built from `r` are stored in the `Segment` beside
+        // `region`, which keeps the mapping alive (moving it does not move
+        // the mapping), and they are handed out only reborrowed at `&self`.
+        let r = unsafe { unbounded(region.region()) };
         let oob = |e: shm_primitives::OutOfBounds| io::Error::other(format!("segment layout out of bounds: {e}"));
         let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
         peers.init(|id| layout.ring_offset(id));
@@ -393,7 +400,9 @@ impl Segment {
 
     /// B8: check the header, then every offset and class entry against the file.
     fn validate(region: MmapRegion) -> Result<Segment, AttachError> {
-        let v = validate_region(region.region())?;
+        // SAFETY: as in `initialise`: the views live in the `Segment` beside
+        // the mapping they borrow.
+        let v = validate_region(unsafe { unbounded(region.region()) })?;
         let ring_ends = Self::ring_end_table(v.layout.max_guests);
         Ok(Segment {
             region,
@@ -478,13 +487,13 @@ impl Segment {
         self.region.try_clone_fd()
     }
 
-    /// The peer table.
-    pub fn peer_table(&self) -> &PeerTable {
+    /// The peer table (borrowed: it cannot outlive the segment's mapping).
+    pub fn peer_table(&self) -> &PeerTable<'_> {
         &self.peers
     }
 
-    /// The shared slot pool.
-    pub fn var_pool(&self) -> &VarSlotPool {
+    /// The shared slot pool (borrowed: it cannot outlive the segment's mapping).
+    pub fn var_pool(&self) -> &VarSlotPool<'_> {
         &self.pool
     }
 
@@ -547,16 +556,16 @@ impl Segment {
     }
 
     /// The guest-to-host ring of `id`.
-    pub fn g2h_bipbuf(&self, id: PeerId) -> Option<BipBuf> {
+    pub fn g2h_bipbuf(&self, id: PeerId) -> Option<BipBuf<'_>> {
         self.ring_at(id, self.layout.g2h_offset(id))
     }
 
     /// The host-to-guest ring of `id`.
-    pub fn h2g_bipbuf(&self, id: PeerId) -> Option<BipBuf> {
+    pub fn h2g_bipbuf(&self, id: PeerId) -> Option<BipBuf<'_>> {
         self.ring_at(id, self.layout.h2g_offset(id))
     }
 
-    fn ring_at(&self, id: PeerId, off: u64) -> Option<BipBuf> {
+    fn ring_at(&self, id: PeerId, off: u64) -> Option<BipBuf<'_>> {
         self.peers.entry(id)?;
         BipBuf::attach(self.region.region(), off, self.layout.bipbuf_capacity).ok()
     }
@@ -710,7 +719,9 @@ impl Segment {
     }
 
     fn rebuild_views(&mut self) -> io::Result<()> {
-        let r = self.region.region();
+        // SAFETY: as in `initialise`; the old views (of the old mapping) are
+        // replaced here, and `&mut self` means none is borrowed meanwhile.
+        let r = unsafe { unbounded(self.region.region()) };
         let oob = |e: shm_primitives::OutOfBounds| io::Error::other(e.to_string());
         self.peers = PeerTable::attach(r, self.layout.peer_table_offset, self.layout.max_guests).map_err(oob)?;
         self.pool = VarSlotPool::attach(r, self.layout.var_pool_offset, &self.layout.pool).map_err(oob)?;
@@ -731,15 +742,28 @@ impl AsRawFd for Segment {
 }
 
 /// A segment's geometry, checked against the memory it is mapped in.
-pub(crate) struct Validated {
+pub(crate) struct Validated<'a> {
     pub(crate) layout: SegmentLayout,
     pub(crate) fields: HeaderFields,
-    pub(crate) peers: PeerTable,
-    pub(crate) pool: VarSlotPool,
+    pub(crate) peers: PeerTable<'a>,
+    pub(crate) pool: VarSlotPool<'a>,
+}
+
+/// The same region with an unbounded lifetime, for views stored next to the
+/// mapping they borrow (a `Segment`, a `SegmentView`).
+///
+/// # Safety
+/// The memory must stay mapped for as long as anything built from the result
+/// is used; the caller keeps the owner alive beside those views and hands them
+/// out only reborrowed at the owner's lifetime.
+pub(crate) unsafe fn unbounded(r: Region<'_>) -> Region<'static> {
+    // SAFETY: forwarded to the caller's contract; base and length are a live
+    // region's, so alignment and bounds hold.
+    unsafe { Region::from_raw(r.base(), r.len()) }
 }
 
 /// A snapshot of the header at the start of `r`.
-fn read_header(r: Region) -> Result<HeaderFields, HeaderError> {
+fn read_header(r: Region<'_>) -> Result<HeaderFields, HeaderError> {
     let p = r.typed::<SegmentHeader>(0)?;
     // SAFETY: in bounds and aligned; all-atomic struct (any bits valid); the
     // reference does not outlive this call, during which `r` is mapped (the
@@ -751,7 +775,7 @@ fn read_header(r: Region) -> Result<HeaderFields, HeaderError> {
 /// whose identity (magic, version, header size) checks out. Nothing past the
 /// header is looked at, so no scribble over a guest's rings, entries or the
 /// pool can change the answer (stale-file cleaning relies on that).
-pub(crate) fn identify(r: Region) -> Result<HeaderFields, AttachError> {
+pub(crate) fn identify(r: Region<'_>) -> Result<HeaderFields, AttachError> {
     let file_len = r.len() as u64;
     if file_len < shm_primitives::SEGMENT_HEADER_SIZE as u64 {
         return Err(HeaderError::TooShort { file_len }.into());
@@ -762,7 +786,7 @@ pub(crate) fn identify(r: Region) -> Result<HeaderFields, AttachError> {
 }
 
 /// Validates a mapped segment without writing to it (spec B8).
-pub(crate) fn validate_region(r: Region) -> Result<Validated, AttachError> {
+pub(crate) fn validate_region(r: Region<'_>) -> Result<Validated<'_>, AttachError> {
     let file_len = r.len() as u64;
     let fields = identify(r)?;
     let mismatch = |field, expected: u64, found: u64| HeaderError::LayoutMismatch { field, expected, found };

@@ -240,8 +240,10 @@ struct Shared {
     peer_features: AtomicU32,
     counters: Counters,
     options: LinkOptions,
-    tx_ring: BipBuf,
-    rx_ring: BipBuf,
+    /// Views of the segment this struct's `segment` keeps mapped (hence
+    /// `'static`; they never leave the link).
+    tx_ring: BipBuf<'static>,
+    rx_ring: BipBuf<'static>,
 }
 
 impl Shared {
@@ -323,7 +325,7 @@ impl Shared {
     }
 
     /// The ring a half works on: we produce into `tx_ring`, consume `rx_ring`.
-    fn ring_of(&self, half: Half) -> &BipBuf {
+    fn ring_of(&self, half: Half) -> &BipBuf<'static> {
         match half {
             Half::Tx => &self.tx_ring,
             Half::Rx => &self.rx_ring,
@@ -680,7 +682,8 @@ struct SendLimits {
 }
 
 struct TxState {
-    producer: BipBufProducer,
+    /// Kept mapped by the claim beside it (which holds the segment).
+    producer: BipBufProducer<'static>,
     registry: MmapRegistry,
     closed: bool,
     _claim: RingClaim,
@@ -708,7 +711,8 @@ pub struct ShmLinkTx {
 
 /// The receiving half.
 pub struct ShmLinkRx {
-    consumer: BipBufConsumer,
+    /// Kept mapped by the claim beside it (which holds the segment).
+    consumer: BipBufConsumer<'static>,
     attachments: MmapAttachments,
     failed: Option<String>,
     _claim: RingClaim,
@@ -777,8 +781,11 @@ impl ShmLink {
         }
         let tx_claim = segment.claim_ring(peer, RingEnd::tx(side))?;
         let rx_claim = segment.claim_ring(peer, RingEnd::rx(side))?;
-        let producer = tx_claim.producer().expect("tx claim");
-        let consumer = rx_claim.consumer().expect("rx claim");
+        // SAFETY: each claim holds the `Arc<Segment>` that keeps the rings
+        // mapped, and is stored beside its handle for the handle's whole life.
+        let producer = unsafe { tx_claim.producer().expect("tx claim").assume_lives() };
+        // SAFETY: as above.
+        let consumer = unsafe { rx_claim.consumer().expect("rx claim").assume_lives() };
         let ours = options.features;
         let peer_features = match side {
             Side::Guest => {
@@ -808,8 +815,11 @@ impl ShmLink {
         let control_tx = MmapControlSender::new(mmap_tx)?;
         let control_rx = MmapControlReceiver::new(mmap_rx)?;
         let shared = Arc::new(Shared {
-            tx_ring: tx_claim.ring(),
-            rx_ring: rx_claim.ring(),
+            // SAFETY: `Shared` holds the `Arc<Segment>` that keeps these rings
+            // mapped for as long as it lives.
+            tx_ring: unsafe { tx_claim.ring().assume_lives() },
+            // SAFETY: as above.
+            rx_ring: unsafe { rx_claim.ring().assume_lives() },
             segment: segment.clone(),
             peer,
             side,
@@ -1075,7 +1085,7 @@ pub struct ShmWriteSlot {
 }
 
 impl ShmTxPermit {
-    fn grant(producer: &mut BipBufProducer, n: u32) -> io::Result<()> {
+    fn grant(producer: &mut BipBufProducer<'_>, n: u32) -> io::Result<()> {
         // `reserve` waited until a worst-case entry fits, and only the consumer
         // (who frees space) ran since, so this cannot fail.
         match producer.try_grant(n).map_err(ring_err)? {

@@ -359,7 +359,7 @@ async fn scribble_ring(
     path: &Path,
     segment: &Segment,
     id: PeerId,
-    tx: &mut shm_primitives::bipbuf::BipBufProducer,
+    tx: &mut shm_primitives::bipbuf::BipBufProducer<'_>,
     bell: &shm_primitives_async::doorbell::Doorbell,
 ) -> Res {
     use shm_primitives::bipbuf::offsets;
@@ -407,7 +407,7 @@ async fn scribble_ring(
 async fn unsealed_region(
     kind: &str,
     ctl: &std::os::fd::OwnedFd,
-    tx: &mut shm_primitives::bipbuf::BipBufProducer,
+    tx: &mut shm_primitives::bipbuf::BipBufProducer<'_>,
     bell: &shm_primitives_async::doorbell::Doorbell,
 ) -> Res {
     use std::os::fd::{AsFd, AsRawFd, FromRawFd};
@@ -424,7 +424,7 @@ async fn unsealed_region(
     let msg =
         shm_primitives_async::control::MmapAttachMessage { map_id: 0, map_generation: 0, mapping_length: 1 << 20 };
     shm_primitives_async::control::send_with_fds(ctl.as_fd(), &msg.to_le_bytes(), &[file.as_raw_fd()])?;
-    let commit_ref = |tx: &mut shm_primitives::bipbuf::BipBufProducer| -> Res {
+    let commit_ref = |tx: &mut shm_primitives::bipbuf::BipBufProducer<'_>| -> Res {
         let mut entry = [0u8; 32];
         let r = framing::MmapRef { map_id: 0, map_generation: 0, map_offset: 0, payload_len: 100 };
         let n = framing::write_mmap_ref(&mut entry, &r);
