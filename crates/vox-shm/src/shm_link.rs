@@ -52,19 +52,29 @@ use crate::mmap_registry::{
 use crate::segment::{sender_owner, RingClaim, RingEnd, Segment, OWNER_HOST};
 
 /// How a waiting half spends its time before sleeping on the doorbell.
+///
+/// Every polling strategy is polite: after each look that finds nothing it
+/// yields to the scheduler, so any other task that is ready on the same
+/// runtime thread runs before the next look (an RPC framework's reader,
+/// writer and dispatcher, other links, your own tasks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// Sleep on the doorbell at once. Lowest CPU use; every wake-up is a
     /// system call on both sides.
     Park,
-    /// Poll the ring for up to `budget`, then park. Replies that arrive within
-    /// the budget cost no system call at all.
+    /// Poll the ring for up to `budget`, then park; replies that arrive within
+    /// the budget cost no system call at all. The default, and the right
+    /// choice when you do not tune anything: it adapts. A half whose recent
+    /// waits polled the whole budget in vain parks at once (probing again
+    /// every 16 waits), and a process that may run on one CPU only (`taskset
+    /// -c 0`, a one-CPU container) never polls, since its peer needs that CPU.
     Spin {
         /// How long to poll before parking.
         budget: Duration,
     },
-    /// Never park: poll (yielding to other tasks regularly). Lowest latency,
-    /// one busy core per waiting half.
+    /// Never park: poll (yielding after every look). Lowest latency when host
+    /// and guest have cores of their own (pinned); one busy core per waiting
+    /// half, and very slow when both processes share one CPU.
     BusyPoll,
 }
 
@@ -244,6 +254,8 @@ struct Shared {
     /// `'static`; they never leave the link).
     tx_ring: BipBuf<'static>,
     rx_ring: BipBuf<'static>,
+    /// This process may run on a single CPU only (see `wait_strategy`).
+    one_cpu: bool,
 }
 
 impl Shared {
@@ -305,6 +317,17 @@ impl Shared {
 
     fn gone(&self) -> bool {
         self.peer_gone.load(Ordering::Acquire)
+    }
+
+    /// The configured strategy, except that polling is pointless when this
+    /// process may run on one CPU only (`taskset -c 0`, a one-CPU container):
+    /// the peer needs that CPU to produce what we would poll for, so `Spin`
+    /// parks at once there.
+    fn wait_strategy(&self) -> WaitStrategy {
+        match self.options.wait {
+            WaitStrategy::Spin { .. } if self.one_cpu => WaitStrategy::Park,
+            w => w,
+        }
     }
 
     /// A half that polls instead of parking never reads the doorbell, so it
@@ -575,42 +598,29 @@ impl<B> Drop for Park<'_, '_, B> {
 
 /// Polling phase of a wait: `true` while the strategy says keep polling.
 ///
-/// Between checks it backs off (2, 4, then 8 `pause` instructions): a
-/// poller that re-reads the other side's index too eagerly keeps stealing that
-/// cache line from the side that is writing it, and one that waits too long
-/// between looks adds that wait to every hand-over (a `pause` costs 25 ns on
-/// the AMD EPYC we measure on and 1–40 ns elsewhere, so the cap is low).
-///
-/// A poller also yields to the runtime every [`POLL_SLICE`], so other tasks on
-/// its thread run while it waits: in full duplex the task that drains our own
-/// ring usually shares the thread with the one polling for space in the
-/// peer's, and counting rounds instead of time starved it for hundreds of
-/// microseconds at a time.
+/// Polite: after every look that found nothing it yields to the scheduler,
+/// so every other task that is ready on this runtime thread (an RPC
+/// framework's reader, writer and dispatcher, another guest's link) runs
+/// before the next look. Holding the thread between looks made each hand-off
+/// between such tasks wait for a whole polling slice: under an RPC framework
+/// the link was slower than a Unix socket. Once per [`POLL_SLICE`] it also
+/// asks for a hang-up check (a polling half never reads the doorbell).
 struct Poller {
     strategy: WaitStrategy,
     started: Option<Instant>,
-    yielded: Option<Instant>,
-    rounds: u32,
-    /// Set when `keep_polling` ended a slice (yielded); read by `took_a_slice`.
+    checked: Option<Instant>,
+    /// It polled at least once (so the wait's outcome says whether that paid).
+    polled: bool,
+    /// Set when a slice ended; read by `took_a_slice`.
     sliced: bool,
 }
 
-/// How long a poller keeps its thread before letting other tasks run.
+/// How often a polling half checks for a hang-up.
 const POLL_SLICE: Duration = Duration::from_micros(20);
-
-/// How long a half-published wrap may last before the ring counts as corrupt
-/// (an honest producer's two stores are nanoseconds apart; this allows for it
-/// being preempted between them on a loaded machine).
-const WRAP_STALL_LIMIT: Duration = Duration::from_secs(1);
 
 impl Poller {
     fn new(strategy: WaitStrategy) -> Self {
-        Poller { strategy, started: None, yielded: None, rounds: 0, sliced: false }
-    }
-
-    /// True once after each slice the poller ended by yielding.
-    fn took_a_slice(&mut self) -> bool {
-        std::mem::take(&mut self.sliced)
+        Poller { strategy, started: None, checked: None, polled: false, sliced: false }
     }
 
     async fn keep_polling(&mut self) -> bool {
@@ -624,20 +634,72 @@ impl Poller {
         if budget.is_some_and(|b| now.duration_since(started) >= b) {
             return false;
         }
-        let yielded = *self.yielded.get_or_insert(now);
-        if now.duration_since(yielded) >= POLL_SLICE {
-            self.yielded = Some(now);
+        self.polled = true;
+        let checked = *self.checked.get_or_insert(now);
+        if now.duration_since(checked) >= POLL_SLICE {
+            self.checked = Some(now);
             self.sliced = true;
-            tokio::task::yield_now().await;
-            return true;
         }
-        self.rounds = self.rounds.saturating_add(1);
-        for _ in 0..(1u32 << self.rounds.min(3)) {
-            std::hint::spin_loop();
-        }
+        tokio::task::yield_now().await;
         true
     }
+
+    /// True once after each slice of polling.
+    fn took_a_slice(&mut self) -> bool {
+        std::mem::take(&mut self.sliced)
+    }
 }
+
+/// Whether polling before parking has been paying off for one half: a wait
+/// that polled and then found its data scores, one that polled the whole
+/// budget and parked anyway loses. With no credit left the half parks at
+/// once (spinning only burns a core a peer on the same CPU needs, or delays
+/// a sleeping peer's wake-up), and probes by polling again every
+/// [`SPIN_PROBE_EVERY`] waits, so it notices when spinning starts to pay.
+#[derive(Debug, Clone, Copy)]
+struct SpinHistory {
+    credit: u8,
+    skipped: u8,
+}
+
+const SPIN_CREDIT_MAX: u8 = 8;
+const SPIN_PROBE_EVERY: u8 = 16;
+
+impl Default for SpinHistory {
+    fn default() -> Self {
+        SpinHistory { credit: SPIN_CREDIT_MAX / 2, skipped: 0 }
+    }
+}
+
+impl SpinHistory {
+    /// The strategy for the next wait.
+    fn strategy(&mut self, configured: WaitStrategy) -> WaitStrategy {
+        if !matches!(configured, WaitStrategy::Spin { .. }) || self.credit > 0 {
+            return configured;
+        }
+        self.skipped += 1;
+        if self.skipped >= SPIN_PROBE_EVERY {
+            self.skipped = 0;
+            return configured;
+        }
+        WaitStrategy::Park
+    }
+
+    /// A wait ended: it `polled`, and then found its work without (`parked ==
+    /// false`) or only after parking.
+    fn record(&mut self, polled: bool, parked: bool) {
+        match (polled, parked) {
+            (true, false) => self.credit = (self.credit + 1).min(SPIN_CREDIT_MAX),
+            (true, true) => self.credit = self.credit.saturating_sub(2),
+            _ => {}
+        }
+    }
+}
+
+/// How long a half-published wrap may last before the ring counts as corrupt
+/// (an honest producer's two stores are nanoseconds apart; this allows for it
+/// being preempted between them on a loaded machine).
+const WRAP_STALL_LIMIT: Duration = Duration::from_secs(1);
 
 /// Messages per unit of tokio's cooperative budget.
 const COOP_EVERY: u32 = 8;
@@ -684,6 +746,7 @@ struct SendLimits {
 struct TxState {
     /// Kept mapped by the claim beside it (which holds the segment).
     producer: BipBufProducer<'static>,
+    spin: SpinHistory,
     registry: MmapRegistry,
     closed: bool,
     _claim: RingClaim,
@@ -713,6 +776,7 @@ pub struct ShmLinkTx {
 pub struct ShmLinkRx {
     /// Kept mapped by the claim beside it (which holds the segment).
     consumer: BipBufConsumer<'static>,
+    spin: SpinHistory,
     attachments: MmapAttachments,
     failed: Option<String>,
     _claim: RingClaim,
@@ -820,6 +884,7 @@ impl ShmLink {
             tx_ring: unsafe { tx_claim.ring().assume_lives() },
             // SAFETY: as above.
             rx_ring: unsafe { rx_claim.ring().assume_lives() },
+            one_cpu: std::thread::available_parallelism().is_ok_and(|n| n.get() == 1),
             segment: segment.clone(),
             peer,
             side,
@@ -860,6 +925,7 @@ impl ShmLink {
         let tx = ShmLinkTx {
             state: Arc::new(AsyncLock::new(TxState {
                 producer,
+                spin: SpinHistory::default(),
                 registry,
                 closed: false,
                 _claim: tx_claim,
@@ -871,6 +937,7 @@ impl ShmLink {
         };
         let rx = ShmLinkRx {
             consumer,
+            spin: SpinHistory::default(),
             attachments: MmapAttachments::new(control_rx, require_sealed),
             failed: None,
             _claim: rx_claim,
@@ -955,7 +1022,8 @@ impl ShmLinkTx {
     async fn wait_for_space(&self, st: &mut TxState) -> io::Result<()> {
         let need = self.limits.worst_entry;
         let sh = &self.core;
-        let mut poller = Poller::new(sh.options.wait);
+        let mut poller = Poller::new(st.spin.strategy(sh.wait_strategy()));
+        let mut parked = false;
         // One attempt; a wrap it performs is a publication the consumer must
         // see even if the grant after it fails.
         let max_payload = self.limits.max_payload;
@@ -987,7 +1055,10 @@ impl ShmLinkTx {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "peer is gone"));
             }
             match attempt(st)? {
-                None => return Ok(()),
+                None => {
+                    st.spin.record(poller.polled, parked);
+                    return Ok(());
+                }
                 Some(full) => bump(full),
             }
             if poller.keep_polling().await {
@@ -1005,8 +1076,11 @@ impl ShmLinkTx {
             if !done {
                 bump(&sh.counters.reserve_waits);
                 park.sleep(|| format!("reserve of {need} B: local {:?}", st.producer.debug_state())).await;
+                parked = true;
             }
-            poller = Poller::new(sh.options.wait);
+            let polled = poller.polled;
+            poller = Poller::new(sh.wait_strategy());
+            poller.polled = polled;
         }
     }
 }
@@ -1479,11 +1553,15 @@ impl ShmLinkRx {
             return Err(ShmLinkRxError::Failed(msg.clone()));
         }
         self.coop.tick().await;
-        let mut poller = Poller::new(self.core.options.wait);
+        let mut poller = Poller::new(self.spin.strategy(self.core.wait_strategy()));
+        let mut parked = false;
         let mut wrap_since = None;
         loop {
             match self.step()? {
-                Step::Message(b) => return Ok(Some(b)),
+                Step::Message(b) => {
+                    self.spin.record(poller.polled, parked);
+                    return Ok(Some(b));
+                }
                 Step::NeedMapping(m) => {
                     let limit = self.core.options.mmap_attach_timeout;
                     if let Err(error) = self.attachments.wait_for(&m, limit).await {
@@ -1544,14 +1622,20 @@ impl ShmLinkRx {
                     )
                 })
                 .await;
+                parked = true;
             } else {
                 drop(park); // withdraw the announcement
             }
             match step? {
-                Step::Message(b) => return Ok(Some(b)),
+                Step::Message(b) => {
+                    self.spin.record(poller.polled, parked);
+                    return Ok(Some(b));
+                }
                 Step::NeedMapping(_) | Step::Empty => {}
             }
-            poller = Poller::new(sh.options.wait);
+            let polled = poller.polled;
+            poller = Poller::new(sh.wait_strategy());
+            poller.polled = polled;
         }
     }
 
@@ -1591,5 +1675,31 @@ impl LinkRx for ShmLinkRx {
 
     fn recv(&mut self) -> impl std::future::Future<Output = Result<Option<Backing>, ShmLinkRxError>> + Send + '_ {
         self.recv_inner()
+    }
+}
+
+#[cfg(test)]
+mod spin_history_tests {
+    use super::*;
+
+    const SPIN: WaitStrategy = WaitStrategy::Spin { budget: Duration::from_micros(50) };
+
+    #[test]
+    fn polling_that_never_pays_turns_into_parking_with_probes() {
+        let mut h = SpinHistory::default();
+        assert_eq!(h.strategy(SPIN), SPIN, "starts by polling");
+        for _ in 0..4 {
+            h.record(true, true); // polled the whole budget, then parked anyway
+        }
+        let choices: Vec<_> = (0..32).map(|_| h.strategy(SPIN)).collect();
+        assert_eq!(choices.iter().filter(|&&s| s == SPIN).count(), 2, "probes every 16 waits: {choices:?}");
+        assert!(choices[..15].iter().all(|&s| s == WaitStrategy::Park));
+        // A probe that pays brings polling back.
+        h.record(true, false);
+        assert_eq!(h.strategy(SPIN), SPIN);
+        // Waits that never needed to wait change nothing; other strategies are left alone.
+        h.record(false, false);
+        assert_eq!(h.strategy(WaitStrategy::BusyPoll), WaitStrategy::BusyPoll);
+        assert_eq!(h.strategy(WaitStrategy::Park), WaitStrategy::Park);
     }
 }

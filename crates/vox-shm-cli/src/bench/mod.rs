@@ -48,6 +48,11 @@ pub enum Kind {
     Stream,
     /// Both ways at once: throughput (messages in both directions).
     Duplex,
+    /// Request/response shaped like an RPC framework: `callers` concurrent
+    /// callers, a writer task, a reader task that dispatches the responses,
+    /// and an unrelated busy task, all on one `current_thread` runtime;
+    /// calls per second and per-call latency.
+    Rpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +103,12 @@ pub struct Case {
     pub count: u64,
     pub transport: Transport,
     pub pool: Pool,
+    /// Concurrent callers (`Rpc` only).
+    #[serde(default)]
+    pub callers: u32,
+    /// Host and guest both pinned to one CPU (as `taskset -c 0` would).
+    #[serde(default)]
+    pub one_cpu: bool,
 }
 
 impl Case {
@@ -106,9 +117,11 @@ impl Case {
             Kind::RoundTrip => "round trip",
             Kind::Stream => "stream",
             Kind::Duplex => "full duplex",
+            Kind::Rpc => return format!("rpc {} x{} callers +busy", human_size(self.size), self.callers),
         };
         let tier = if self.pool == Pool::MappingTier { " (mapping tier)" } else { "" };
-        format!("{kind} {}{tier}", human_size(self.size))
+        let cpu = if self.one_cpu { " (one CPU)" } else { "" };
+        format!("{kind} {}{tier}{cpu}", human_size(self.size))
     }
     pub fn name(&self) -> String {
         format!("{} / {}", self.workload(), self.transport.label())
@@ -160,14 +173,20 @@ fn cases(quick: bool) -> Vec<Case> {
     let q = |full: u64| if quick { (full / 10).max(200) } else { full };
     let shm = [Transport::ShmPark, Transport::ShmSpin, Transport::ShmBusyPoll];
     let mut out = Vec::new();
-    let mut add = |kind, size, count, pool| {
+    let mut add_with = |kind, size, count, pool, callers, one_cpu| {
         for transport in std::iter::once(Transport::Uds).chain(shm) {
             if pool == Pool::MappingTier && transport == Transport::Uds {
-                continue; // the same workload as the slot-tier stream
+                continue; // the same workload as the slot-tier one
             }
-            out.push(Case { kind, size, count, transport, pool });
+            out.push(Case { kind, size, count, transport, pool, callers, one_cpu });
         }
     };
+    for callers in [1, 8, 64] {
+        add_with(Kind::Rpc, 64, q(20_000), Pool::Slots, callers, false);
+    }
+    add_with(Kind::RoundTrip, 64, q(20_000), Pool::Slots, 0, true);
+    add_with(Kind::RoundTrip, 1 << 20, q(2_000), Pool::MappingTier, 0, false);
+    let mut add = |kind, size, count, pool| add_with(kind, size, count, pool, 0, false);
     add(Kind::RoundTrip, 64, q(20_000), Pool::Slots);
     add(Kind::RoundTrip, 4096, q(20_000), Pool::Slots);
     add(Kind::RoundTrip, 64 * 1024, q(5_000), Pool::Slots);
@@ -261,6 +280,25 @@ fn run_case(exe: &std::path::Path, case: &Case, limit: Duration) -> Res<Measured
     Ok(serde_json::from_str(line)?)
 }
 
+/// Restricts this process (and the children it spawns) to the first CPU it
+/// may run on.
+fn pin_to_first_cpu() -> Res {
+    // SAFETY: `set` is a plain bit set the libc calls only read and write.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let first = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)).ok_or("no CPU")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -272,6 +310,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 /// The host process of one case.
 pub fn host(case_json: &str) -> Res {
     let case: Case = serde_json::from_str(case_json)?;
+    if case.one_cpu {
+        pin_to_first_cpu()?; // the guest inherits the mask
+    }
     let rt = runtime()?;
     let measured = rt.block_on(async {
         let exe = std::env::current_exe()?;
@@ -374,6 +415,17 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             m.msgs_per_s = (2 * n) as f64 / secs;
             m.bytes_per_s = (2 * n * size as u64) as f64 / secs;
         }
+        Kind::Rpc => {
+            let (t, r, lat, secs) = rpc_calls(tx, rx, case).await?;
+            (tx, rx) = (t, r);
+            m.elapsed_s = secs;
+            m.p50_ns = percentile(&lat, 0.5);
+            m.p99_ns = percentile(&lat, 0.99);
+            m.p999_ns = percentile(&lat, 0.999);
+            m.deciles_ns = (1..10).map(|d| percentile(&lat, d as f64 / 10.0)).collect();
+            m.messages = lat.len() as u64;
+            m.msgs_per_s = lat.len() as f64 / secs;
+        }
     }
     m.host_signals = signals(&tx);
     tx.close().await?;
@@ -381,6 +433,88 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
         return Err("unexpected message after the run".into());
     }
     Ok(m)
+}
+
+/// The RPC-shaped workload (see [`Kind::Rpc`]): returns the link halves, the
+/// sorted per-call latencies (ns) and the seconds all calls took.
+async fn rpc_calls(tx: Tx, mut rx: Rx, case: &Case) -> Res<(Tx, Rx, Vec<u64>, f64)> {
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use tokio::sync::{mpsc, oneshot};
+    let callers = u64::from(case.callers.max(1));
+    let per_caller = (case.count / callers).max(1);
+    let total = per_caller * callers;
+    let size = case.size;
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let pending: Rc<RefCell<HashMap<u64, oneshot::Sender<()>>>> = Rc::default();
+            let done = Rc::new(Cell::new(false));
+            let (req_tx, mut req_rx) = mpsc::channel::<u64>(callers as usize);
+            let writer = tokio::task::spawn_local(async move {
+                let mut tx = tx;
+                while let Some(seq) = req_rx.recv().await {
+                    tx.send(seq, size).await?;
+                }
+                Ok::<_, std::io::Error>(tx)
+            });
+            let p = pending.clone();
+            let reader = tokio::task::spawn_local(async move {
+                for _ in 0..total {
+                    let seq = rx.recv().await?.ok_or_else(|| std::io::Error::other("end of stream mid-run"))?;
+                    let waiter = p.borrow_mut().remove(&seq);
+                    waiter
+                        .ok_or_else(|| std::io::Error::other(format!("response {seq} nobody waits for")))?
+                        .send(())
+                        .ok();
+                }
+                Ok::<_, std::io::Error>(rx)
+            });
+            // Unrelated work on the same thread: a task that is always ready.
+            let d = done.clone();
+            let busy = tokio::task::spawn_local(async move {
+                let mut x = 0u64;
+                while !d.get() {
+                    for i in 0..200u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                    tokio::task::yield_now().await;
+                }
+                x
+            });
+            let started = Instant::now();
+            let mut calls = Vec::new();
+            for c in 0..callers {
+                let (pending, req_tx) = (pending.clone(), req_tx.clone());
+                calls.push(tokio::task::spawn_local(async move {
+                    let mut lat = Vec::with_capacity(per_caller as usize);
+                    for i in 0..per_caller {
+                        let seq = c * per_caller + i;
+                        let (otx, orx) = oneshot::channel();
+                        pending.borrow_mut().insert(seq, otx);
+                        let t = Instant::now();
+                        req_tx.send(seq).await.map_err(|_| std::io::Error::other("writer gone"))?;
+                        orx.await.map_err(|_| std::io::Error::other("reader gone"))?;
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    Ok::<_, std::io::Error>(lat)
+                }));
+            }
+            drop(req_tx);
+            let mut lat = Vec::with_capacity(total as usize);
+            for c in calls {
+                lat.extend(c.await??);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            done.set(true);
+            busy.await?;
+            let tx = writer.await??;
+            let rx = reader.await??;
+            lat.sort_unstable();
+            Ok((tx, rx, lat, secs))
+        })
+        .await
 }
 
 /// The guest process of one case.
@@ -412,7 +546,7 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
 
 async fn drive_guest(case: &Case, mut tx: Tx, mut rx: Rx) -> Res {
     match case.kind {
-        Kind::RoundTrip => {
+        Kind::RoundTrip | Kind::Rpc => {
             while let Some(seq) = rx.recv().await? {
                 tx.send(seq, case.size).await?;
             }
@@ -465,8 +599,10 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
-fn fmt_rate(m: &Measured, size: usize) -> String {
-    if size >= 16 * 1024 {
+fn fmt_rate(m: &Measured, case: &Case) -> String {
+    if case.kind == Kind::Rpc {
+        format!("{:.1} k calls/s", m.msgs_per_s / 1e3)
+    } else if case.size >= 16 * 1024 {
         format!("{:.2} GiB/s", m.bytes_per_s / (1u64 << 30) as f64)
     } else {
         format!("{:.2} M msg/s", m.msgs_per_s / 1e6)
@@ -479,7 +615,13 @@ pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
     let m = r.measured.as_ref()?;
     let base = all
         .iter()
-        .find(|b| b.case.transport == Transport::Uds && b.case.kind == r.case.kind && b.case.size == r.case.size)?
+        .find(|b| {
+            b.case.transport == Transport::Uds
+                && b.case.kind == r.case.kind
+                && b.case.size == r.case.size
+                && b.case.callers == r.case.callers
+                && b.case.one_cpu == r.case.one_cpu
+        })?
         .measured
         .as_ref()?;
     Some(match r.case.kind {
@@ -504,7 +646,7 @@ pub fn render_table(results: &[CaseResult]) -> String {
         last = r.workload.clone();
         match (&r.measured, &r.error) {
             (Some(m), _) => {
-                let lat = r.case.kind == Kind::RoundTrip;
+                let lat = matches!(r.case.kind, Kind::RoundTrip | Kind::Rpc);
                 let (p50, p99, p999) = if lat {
                     (fmt_ns(m.p50_ns), fmt_ns(m.p99_ns), fmt_ns(m.p999_ns))
                 } else {
@@ -524,7 +666,7 @@ pub fn render_table(results: &[CaseResult]) -> String {
                     p50,
                     p99,
                     p999,
-                    fmt_rate(m, r.case.size),
+                    fmt_rate(m, &r.case),
                     ratio,
                     signals
                 );
