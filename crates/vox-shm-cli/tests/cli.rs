@@ -63,7 +63,7 @@ fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
         "bench",
         "--quick",
         "--filter",
-        "round trip 64 B",
+        "round trip 64 B /",
         "--json",
         json.to_str().unwrap(),
         "--svg",

@@ -143,3 +143,21 @@ async fn a_stopped_guest_holds_up_only_its_own_link() {
     assert!(recv(&mut honest.rx).await.unwrap().is_none());
     finish(good_child).await;
 }
+
+/// A busy-polling half never sleeps on the doorbell; it must still see its
+/// peer die, even with signals queued in front of the hang-up (a flooding
+/// guest killed mid-flood). It used to peek, see the queued signals, and
+/// poll for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_polling_half_sees_a_death_behind_queued_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let opts = LinkOptions { wait: vox_shm::WaitStrategy::BusyPoll, ..LinkOptions::default() };
+    let (flood, mut child) = spawn_opts(PEER, &hub, &["hostile", "doorbell-flood"], opts);
+    let (_tx, mut rx) = flood.split();
+    tokio::time::sleep(Duration::from_millis(100)).await; // signals pile up
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(matches!(end, Ok(Err(ShmLinkRxError::PeerDead { .. }))), "{end:?}");
+}

@@ -331,11 +331,14 @@ impl Shared {
     }
 
     /// A half that polls instead of parking never reads the doorbell, so it
-    /// would not see the peer hang up: look (a non-blocking peek) once per
-    /// polling slice.
-    fn check_hang_up(&self) {
-        if !self.gone() && self.doorbell.is_peer_dead() {
-            self.mark_gone();
+    /// would not see the peer hang up: drain it (non-blocking) once per
+    /// polling slice. A peek is not enough: signals still queued in front of
+    /// the end of stream hide it, and a busy-polling guest whose host was
+    /// killed polled for ever. Whatever the drain finds wakes the other half,
+    /// as every drain does (B6).
+    fn check_hang_up(&self, by: Half) {
+        if !self.gone() {
+            self.note_drain(Ok(self.doorbell.drain()), by);
         }
     }
 
@@ -1063,7 +1066,7 @@ impl ShmLinkTx {
             }
             if poller.keep_polling().await {
                 if poller.took_a_slice() {
-                    sh.check_hang_up();
+                    sh.check_hang_up(Half::Tx);
                 }
                 continue;
             }
@@ -1587,14 +1590,14 @@ impl ShmLinkRx {
                     let error = RingError::WrapNeverCompleted { watermark };
                     return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error }));
                 }
-                self.core.check_hang_up();
+                self.core.check_hang_up(Half::Rx);
                 tokio::task::yield_now().await;
                 continue;
             }
             wrap_since = None;
             if poller.keep_polling().await {
                 if poller.took_a_slice() {
-                    self.core.check_hang_up();
+                    self.core.check_hang_up(Half::Rx);
                 }
                 continue;
             }

@@ -178,6 +178,9 @@ fn cases(quick: bool) -> Vec<Case> {
             if pool == Pool::MappingTier && transport == Transport::Uds {
                 continue; // the same workload as the slot-tier one
             }
+            if one_cpu && transport == Transport::ShmBusyPoll {
+                continue; // never sleeps: each hop waits for a whole time slice
+            }
             out.push(Case { kind, size, count, transport, pool, callers, one_cpu });
         }
     };
