@@ -611,6 +611,9 @@ impl<B> Drop for Park<'_, '_, B> {
 struct Poller {
     strategy: WaitStrategy,
     started: Option<Instant>,
+    /// When the whole wait began (carried over from an earlier poller of the
+    /// same wait).
+    began: Option<Instant>,
     checked: Option<Instant>,
     /// It polled at least once (so the wait's outcome says whether that paid).
     polled: bool,
@@ -623,7 +626,25 @@ const POLL_SLICE: Duration = Duration::from_micros(20);
 
 impl Poller {
     fn new(strategy: WaitStrategy) -> Self {
-        Poller { strategy, started: None, checked: None, polled: false, sliced: false }
+        Poller { strategy, started: None, began: None, checked: None, polled: false, sliced: false }
+    }
+
+    /// A poller for the same wait after a park: a fresh budget, the history kept.
+    fn again(&self, strategy: WaitStrategy) -> Self {
+        Poller { began: self.began, polled: self.polled, ..Poller::new(strategy) }
+    }
+
+    /// The budget, if this wait polled.
+    fn polled_with(&self) -> Option<Duration> {
+        match (self.polled, self.strategy) {
+            (true, WaitStrategy::Spin { budget }) => Some(budget),
+            _ => None,
+        }
+    }
+
+    /// How long the wait has lasted.
+    fn waited(&self) -> Duration {
+        self.began.map_or(Duration::ZERO, |b| b.elapsed())
     }
 
     async fn keep_polling(&mut self) -> bool {
@@ -633,6 +654,7 @@ impl Poller {
             WaitStrategy::BusyPoll => None,
         };
         let now = Instant::now();
+        self.began.get_or_insert(now);
         let started = *self.started.get_or_insert(now);
         if budget.is_some_and(|b| now.duration_since(started) >= b) {
             return false;
@@ -654,11 +676,13 @@ impl Poller {
 }
 
 /// Whether polling before parking has been paying off for one half: a wait
-/// that polled and then found its data scores, one that polled the whole
-/// budget and parked anyway loses. With no credit left the half parks at
-/// once (spinning only burns a core a peer on the same CPU needs, or delays
-/// a sleeping peer's wake-up), and probes by polling again every
-/// [`SPIN_PROBE_EVERY`] waits, so it notices when spinning starts to pay.
+/// that polled and then found its data scores; one that polled the whole
+/// budget, parked, and then waited far longer still (over
+/// [`SPIN_LOSS_FACTOR`] budgets: the peer was descheduled or idle, so the
+/// polling only burnt a core) loses. A wait that ended soon after the budget
+/// counts for neither: parking at once would have added a wake-up to it.
+/// With no credit left the half parks at once, and probes by polling again
+/// every [`SPIN_PROBE_EVERY`] waits, so it notices when spinning pays again.
 #[derive(Debug, Clone, Copy)]
 struct SpinHistory {
     credit: u8,
@@ -667,6 +691,7 @@ struct SpinHistory {
 
 const SPIN_CREDIT_MAX: u8 = 8;
 const SPIN_PROBE_EVERY: u8 = 16;
+const SPIN_LOSS_FACTOR: u32 = 4;
 
 impl Default for SpinHistory {
     fn default() -> Self {
@@ -688,12 +713,12 @@ impl SpinHistory {
         WaitStrategy::Park
     }
 
-    /// A wait ended: it `polled`, and then found its work without (`parked ==
-    /// false`) or only after parking.
-    fn record(&mut self, polled: bool, parked: bool) {
+    /// A wait ended after `waited`: it polled (with `budget`, if it did), and
+    /// found its work without (`parked == false`) or only after parking.
+    fn record(&mut self, polled: Option<Duration>, parked: bool, waited: Duration) {
         match (polled, parked) {
-            (true, false) => self.credit = (self.credit + 1).min(SPIN_CREDIT_MAX),
-            (true, true) => self.credit = self.credit.saturating_sub(2),
+            (Some(_), false) => self.credit = (self.credit + 1).min(SPIN_CREDIT_MAX),
+            (Some(budget), true) if waited > budget * SPIN_LOSS_FACTOR => self.credit = self.credit.saturating_sub(2),
             _ => {}
         }
     }
@@ -1059,7 +1084,7 @@ impl ShmLinkTx {
             }
             match attempt(st)? {
                 None => {
-                    st.spin.record(poller.polled, parked);
+                    st.spin.record(poller.polled_with(), parked, poller.waited());
                     return Ok(());
                 }
                 Some(full) => bump(full),
@@ -1081,9 +1106,7 @@ impl ShmLinkTx {
                 park.sleep(|| format!("reserve of {need} B: local {:?}", st.producer.debug_state())).await;
                 parked = true;
             }
-            let polled = poller.polled;
-            poller = Poller::new(sh.wait_strategy());
-            poller.polled = polled;
+            poller = poller.again(sh.wait_strategy());
         }
     }
 }
@@ -1562,7 +1585,7 @@ impl ShmLinkRx {
         loop {
             match self.step()? {
                 Step::Message(b) => {
-                    self.spin.record(poller.polled, parked);
+                    self.spin.record(poller.polled_with(), parked, poller.waited());
                     return Ok(Some(b));
                 }
                 Step::NeedMapping(m) => {
@@ -1631,14 +1654,12 @@ impl ShmLinkRx {
             }
             match step? {
                 Step::Message(b) => {
-                    self.spin.record(poller.polled, parked);
+                    self.spin.record(poller.polled_with(), parked, poller.waited());
                     return Ok(Some(b));
                 }
                 Step::NeedMapping(_) | Step::Empty => {}
             }
-            let polled = poller.polled;
-            poller = Poller::new(sh.wait_strategy());
-            poller.polled = polled;
+            poller = poller.again(sh.wait_strategy());
         }
     }
 
@@ -1689,19 +1710,26 @@ mod spin_history_tests {
 
     #[test]
     fn polling_that_never_pays_turns_into_parking_with_probes() {
+        let budget = Duration::from_micros(50);
+        let long = budget * (SPIN_LOSS_FACTOR + 1);
         let mut h = SpinHistory::default();
         assert_eq!(h.strategy(SPIN), SPIN, "starts by polling");
+        // Parked, but the data came soon after the budget: no verdict.
+        for _ in 0..10 {
+            h.record(Some(budget), true, budget * 2);
+        }
+        assert_eq!(h.strategy(SPIN), SPIN);
         for _ in 0..4 {
-            h.record(true, true); // polled the whole budget, then parked anyway
+            h.record(Some(budget), true, long); // polled in vain, the peer was away
         }
         let choices: Vec<_> = (0..32).map(|_| h.strategy(SPIN)).collect();
         assert_eq!(choices.iter().filter(|&&s| s == SPIN).count(), 2, "probes every 16 waits: {choices:?}");
         assert!(choices[..15].iter().all(|&s| s == WaitStrategy::Park));
         // A probe that pays brings polling back.
-        h.record(true, false);
+        h.record(Some(budget), false, budget / 2);
         assert_eq!(h.strategy(SPIN), SPIN);
-        // Waits that never needed to wait change nothing; other strategies are left alone.
-        h.record(false, false);
+        // Waits that did not poll change nothing; other strategies are left alone.
+        h.record(None, true, long);
         assert_eq!(h.strategy(WaitStrategy::BusyPoll), WaitStrategy::BusyPoll);
         assert_eq!(h.strategy(WaitStrategy::Park), WaitStrategy::Park);
     }
