@@ -216,7 +216,10 @@ impl Doorbell {
         Ok(n.max(0) as usize)
     }
 
-    /// Whether the peer's end is closed, found by a non-blocking peek.
+    /// Whether the peer's end is closed, found by a non-blocking peek. A peek
+    /// sees only the first queued byte: with signals still pending in front
+    /// of the hang-up it answers `false`. Use [`Doorbell::drain`] (its
+    /// `peer_gone`) when the pending signals may be consumed.
     pub fn is_peer_dead(&self) -> bool {
         let mut b = 0u8;
         // SAFETY: `b` is valid for writing one byte.

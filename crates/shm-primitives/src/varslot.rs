@@ -807,7 +807,7 @@ impl<'a> VarSlotPool<'a> {
         };
         let mut orphans = Vec::new();
         for (class, head) in heads.iter().enumerate() {
-            let reachable = match self.walk(class, unpack(*head).1) {
+            let reachable = match self.walk(class, unpack(*head).1, false) {
                 Ok(r) => r,
                 // A list that changes under the walk can look broken.
                 Err(_) if moved() => return Ok(OrphanAudit::Busy),
@@ -836,7 +836,9 @@ impl<'a> VarSlotPool<'a> {
 
     /// Marks the slots reachable from `idx` on `class`'s list (at most
     /// `slot_count` steps; a cycle or an index out of range is corruption).
-    fn walk(&self, class: usize, mut idx: u32) -> Result<Vec<bool>, AllocError> {
+    /// With `require_free`, a slot on the list that is not Free is corruption
+    /// too (a quiescent check; an audit of a live pool cannot insist on it).
+    fn walk(&self, class: usize, mut idx: u32, require_free: bool) -> Result<Vec<bool>, AllocError> {
         let c = self.classes[class];
         let corrupt = |what, value| AllocError::Corrupt { class_idx: class as u8, what, value };
         let mut seen = vec![false; c.slot_count as usize];
@@ -847,7 +849,11 @@ impl<'a> VarSlotPool<'a> {
             if std::mem::replace(&mut seen[idx as usize], true) {
                 return Err(corrupt("cycle at", idx));
             }
-            idx = self.meta(class, idx).next_free.load(Ordering::SeqCst);
+            let m = self.meta(class, idx);
+            if require_free && m.state.load(Ordering::SeqCst) != SlotState::Free as u32 {
+                return Err(corrupt("allocated slot on free list", idx));
+            }
+            idx = m.next_free.load(Ordering::SeqCst);
         }
         Ok(seen)
     }
@@ -931,27 +937,10 @@ impl<'a> VarSlotPool<'a> {
     /// every entry in range, Free, and listed once. Returns the list length.
     /// For tests and inspection while the pool is quiescent.
     pub fn check_free_list(&self, class: usize) -> Result<u32, AllocError> {
-        let c = *self.classes.get(class).ok_or(AllocError::Exhausted { size: 0 })?;
-        let class_idx = class as u8;
-        let corrupt = |what, value| AllocError::Corrupt { class_idx, what, value };
-        let mut seen = vec![false; c.slot_count as usize];
-        let (_, mut idx) = unpack(self.header(class).free_head.load(Ordering::Acquire));
-        let mut len = 0u32;
-        while idx != EMPTY {
-            if idx >= c.slot_count {
-                return Err(corrupt("index", idx));
-            }
-            if std::mem::replace(&mut seen[idx as usize], true) {
-                return Err(corrupt("cycle at", idx));
-            }
-            let m = self.meta(class, idx);
-            if m.state.load(Ordering::Acquire) != SlotState::Free as u32 {
-                return Err(corrupt("allocated slot on free list", idx));
-            }
-            len += 1;
-            idx = m.next_free.load(Ordering::Acquire);
-        }
-        Ok(len)
+        self.classes.get(class).ok_or(AllocError::Exhausted { size: 0 })?;
+        let (_, head) = unpack(self.header(class).free_head.load(Ordering::Acquire));
+        let listed = self.walk(class, head, true)?;
+        Ok(listed.iter().filter(|&&on| on).count() as u32)
     }
 }
 

@@ -394,15 +394,15 @@ impl AttachedMapping {
         unsafe { std::slice::from_raw_parts(p.as_ptr(), len as usize) }
     }
 
-    /// Reads `[offset, offset + len)` of an unsealed region into a private copy.
-    fn read_copy(&self, offset: u64, len: u32) -> io::Result<Box<[u8]>> {
+    /// Reads `[offset, offset + len)` of an unsealed region into a private
+    /// copy; `None` for a mapped region (its payloads are zero-copy).
+    fn read_copy(&self, offset: u64, len: u32) -> Option<io::Result<Box<[u8]>>> {
         use std::os::unix::fs::FileExt;
-        let Held::Copied { file, .. } = &self.held else { return Ok(self.bytes(offset, len).into()) };
+        let Held::Copied { file, .. } = &self.held else { return None };
         // A file on a FUSE mount could block this read; a peer's file is a
         // memfd or a temporary file in practice, where reads never block.
         let mut buf = vec![0u8; len as usize].into_boxed_slice();
-        file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+        Some(file.read_exact_at(&mut buf, offset).map(|()| buf))
     }
 
     /// Counts `len` released bytes in the region header (extension C4).
@@ -580,12 +580,10 @@ impl MmapAttachments {
                 mapping_length,
             });
         }
-        let copy = if mapping.is_mapped() {
-            None
-        } else {
-            let read = mapping.read_copy(m.map_offset, m.payload_len);
-            Some(read.map_err(|e| MmapResolveError::Unreadable { map_id: m.map_id, reason: e.to_string() })?)
-        };
+        let copy = mapping
+            .read_copy(m.map_offset, m.payload_len)
+            .transpose()
+            .map_err(|e| MmapResolveError::Unreadable { map_id: m.map_id, reason: e.to_string() })?;
         Ok(Some(MmapBacking {
             mapping: mapping.clone(),
             copy,

@@ -65,9 +65,10 @@ pub enum WaitStrategy {
     /// Poll the ring for up to `budget`, then park; replies that arrive within
     /// the budget cost no system call at all. The default, and the right
     /// choice when you do not tune anything: it adapts. A half whose recent
-    /// waits polled the whole budget in vain parks at once (probing again
-    /// every 16 waits), and a process that may run on one CPU only (`taskset
-    /// -c 0`, a one-CPU container) never polls, since its peer needs that CPU.
+    /// waits polled the whole budget and then waited over four budgets more
+    /// (the peer was away) parks at once, probing again every 16 waits, and a
+    /// process that may run on one CPU only (`taskset -c 0`, a one-CPU
+    /// container) never polls, since its peer needs that CPU.
     Spin {
         /// How long to poll before parking.
         budget: Duration,
@@ -430,7 +431,9 @@ impl Drop for Core {
             // before this runs (they are dropped before the `Arc<Core>` in each
             // half), so recovery is allowed.
             Side::Host => {
-                if s.gone() || s.doorbell.is_peer_dead() || s.entry().state() == PeerState::Goodbye {
+                // A drain, not a peek: signals still queued in front of the
+                // hang-up would hide it (the link is over, so they are spent).
+                if s.gone() || s.doorbell.drain().peer_gone || s.entry().state() == PeerState::Goodbye {
                     let _ = s.segment.recover_crashed_peer(s.peer);
                 } else {
                     // Dropped while the guest lives (a failed link, say): tell

@@ -319,10 +319,14 @@ impl PreparedBootstrapPeer {
     /// (empty for a segment without one: guests then attach by descriptor).
     pub fn with_segment_path(prepared: crate::host::PreparedPeer) -> io::Result<PreparedBootstrapPeer> {
         let payload = prepared.segment().path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::with_payload(prepared, payload.as_bytes())
+    }
+
+    /// A success response for `prepared` carrying `payload`.
+    fn with_payload(prepared: crate::host::PreparedPeer, payload: &[u8]) -> io::Result<PreparedBootstrapPeer> {
         let (host_peer, guest_ticket) = prepared.into_parts();
-        let response_frame =
-            encode_response(BootstrapStatus::Success, u32::from(guest_ticket.peer_id.get()), payload.as_bytes())
-                .map_err(io::Error::other)?;
+        let response_frame = encode_response(BootstrapStatus::Success, u32::from(guest_ticket.peer_id.get()), payload)
+            .map_err(io::Error::other)?;
         Ok(PreparedBootstrapPeer { host_peer, guest_ticket, response_frame })
     }
 
@@ -342,10 +346,7 @@ impl HostHub {
     /// Reserves a slot and encodes a success response carrying `payload`
     /// (normally the segment path).
     pub fn prepare_bootstrap_success(&self, payload: &[u8]) -> io::Result<PreparedBootstrapPeer> {
-        let (host_peer, guest_ticket) = self.prepare_peer()?.into_parts();
-        let response_frame = encode_response(BootstrapStatus::Success, u32::from(guest_ticket.peer_id.get()), payload)
-            .map_err(io::Error::other)?;
-        Ok(PreparedBootstrapPeer { host_peer, guest_ticket, response_frame })
+        PreparedBootstrapPeer::with_payload(self.prepare_peer()?, payload)
     }
 
     /// Encodes an error response.
