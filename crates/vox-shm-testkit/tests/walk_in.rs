@@ -17,7 +17,11 @@ use vox_shm_testkit::harness::{finish, hub, recv, send, SMALL_POOL};
 const PEER: &str = env!("CARGO_BIN_EXE_shm-test-peer");
 
 fn guest(sock: &Path) -> Command {
-    let mut c = Command::new(PEER);
+    guest_from(Path::new(PEER), sock)
+}
+
+fn guest_from(bin: &Path, sock: &Path) -> Command {
+    let mut c = Command::new(bin);
     c.args(["bootstrap", sock.to_str().unwrap(), "sid"]).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
@@ -139,16 +143,26 @@ async fn another_uid_walks_in_only_when_the_policy_allows_it() {
     const NOBODY: u32 = 65534;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `nobody` may not be able to reach the build directory (a checkout under
+    // a private directory): run a copy of the peer from here.
+    let bin = dir.path().join("shm-test-peer");
+    std::fs::copy(PEER, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |sock: &Path| {
+        let mut c = guest_from(&bin, sock);
+        c.uid(NOBODY).gid(NOBODY);
+        c
+    };
     let hub = hub(dir.path(), 4096, &SMALL_POOL, 2);
     {
         // Default policy: the socket is owner-only, so `nobody` cannot connect.
         let _server = server(dir.path(), hub.clone(), WalkInPolicy::default());
-        let out = guest(&dir.path().join("boot.sock")).uid(NOBODY).gid(NOBODY).output().unwrap();
+        let out = as_nobody(&dir.path().join("boot.sock")).output().unwrap();
         assert!(!out.status.success(), "nobody walked in under the default policy");
         assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"), "{out:?}");
     }
     let mut server = server(dir.path(), hub, WalkInPolicy::also_uids(&[NOBODY]));
-    let child = guest(server.path()).uid(NOBODY).gid(NOBODY).spawn().unwrap();
+    let child = as_nobody(server.path()).spawn().unwrap();
     let w = next(&mut server).await.expect("nobody is allowed now");
     assert_eq!((w.uid, w.gid), (NOBODY, NOBODY));
     echo_once(w.link).await;
