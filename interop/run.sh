@@ -29,7 +29,19 @@ run_pair() { # host guest [bootstrap]
     if [ "$host" = our ] && [ "$guest" = our ]; then
       # Between our peers: every extension on, almost no doorbell system calls.
       [ "$neg" = "wake-on-demand,inband-close,liveness,mapping-release" ] || { echo "FAIL: extensions not negotiated: $neg"; fail=1; }
-      awk -v s="$spm" 'BEGIN{exit !(s < 0.1)}' || { echo "FAIL: $spm doorbell signals per message between our peers"; fail=1; }
+      # A signal is only sent to claim a peer's announcement that it is about
+      # to sleep (one signal per announcement at most), plus one per close
+      # and a few before the host has read the guest's features. How often a
+      # peer sleeps depends on the machine's load, so the check is this
+      # invariant, not a rate.
+      local sig other_ann
+      sig=$(sed -n 's/.*doorbell_signals=\([0-9]*\).*/\1/p' <<<"$line")
+      if grep -q 'role=host' <<<"$line"; then
+        other_ann=$(grep 'role=guest' <<<"$ours" | sed -n 's/.*wait_announcements=\([0-9]*\).*/\1/p')
+      else
+        other_ann=$(grep 'role=host' <<<"$ours" | sed -n 's/.*wait_announcements=\([0-9]*\).*/\1/p')
+      fi
+      [ "$sig" -le $((other_ann + 16)) ] || { echo "FAIL: $sig doorbell signals for $other_ann announced sleeps of the peer"; fail=1; }
     else
       # Against 0.3.1: extensions off, a signal on every commit and release.
       [ "$neg" = none ] || { echo "FAIL: extensions on against 0.3.1: $neg"; fail=1; }

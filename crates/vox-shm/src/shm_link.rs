@@ -204,6 +204,10 @@ counters! {
     reserve_waits,
     /// Times a receiver slept on the doorbell waiting for data.
     recv_waits,
+    /// Times a waiter told the peer it was about to sleep (wake-on-demand).
+    /// Each announcement lets the peer ring at most once, so the peer's
+    /// `doorbell_signals` stay at most these plus one per close.
+    wait_announcements,
     /// Doorbell signals written.
     doorbell_signals,
     /// Doorbell wake-ups read by the pump.
@@ -567,6 +571,7 @@ where
         }
         let announced = sh.ours.contains(Features::WAKE_ON_DEMAND);
         if announced {
+            bump_shared(&sh.counters.wait_announcements);
             announce_waiting(sh.waiting_flag(half));
         }
         Some(Park { sh, half, bell, notified, announced })

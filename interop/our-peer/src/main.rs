@@ -45,8 +45,8 @@ fn stats_line(role: &str, link_features: Option<vox_shm::Features>, s: vox_shm::
     let features = link_features.map(|f| f.to_string()).unwrap_or_else(|| "unknown".into());
     let signals_per_msg = s.doorbell_signals as f64 / n.max(1) as f64;
     println!(
-        "STATS impl=ours role={role} messages={n} negotiated={features} doorbell_signals={} signals_per_message={signals_per_msg:.3}",
-        s.doorbell_signals
+        "STATS impl=ours role={role} messages={n} negotiated={features} doorbell_signals={} signals_per_message={signals_per_msg:.3} wait_announcements={}",
+        s.doorbell_signals, s.wait_announcements
     );
 }
 
