@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -87,6 +88,18 @@ pub fn create_pair() -> io::Result<(DoorbellHandle, DoorbellHandle)> {
     Ok((DoorbellHandle(a), DoorbellHandle(b)))
 }
 
+/// How the peer rings, which decides whether [`Doorbell::readable`] must read
+/// the queued signal bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rings {
+    /// On every publication (a 0.3.1 peer, or before features are known):
+    /// the queue can grow without bound, so every wake-up drains it.
+    Always,
+    /// Only to claim a sleep we announced (wake on demand, which the peer
+    /// has agreed to): at most one byte per announcement.
+    OnDemand,
+}
+
 /// What one non-blocking drain found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
@@ -100,14 +113,30 @@ pub struct Drained {
 #[derive(Debug)]
 pub struct Doorbell {
     fd: AsyncFd<OwnedFd>,
+    /// Sleeps announced since the last real drain (see [`Doorbell::readable`]).
+    /// Starts at the limit: the first wake-up reads whatever the peer queued
+    /// before it rang on demand (a host rings on every commit until it has
+    /// read the guest's features).
+    announced: AtomicU32,
 }
+
+/// How many announced sleeps [`Doorbell::readable`] lets pass before it
+/// reads the queued signal bytes after all. A peer that rings only to claim
+/// an announcement queues at most this many bytes (plus its close and a few
+/// before the host knows the guest's features): far below the ~270 one-byte
+/// sends a Unix stream socket's default buffer holds, so a signal never
+/// meets a full queue, which would raise no edge.
+const DRAIN_AFTER_ANNOUNCED: u32 = 16;
 
 impl Doorbell {
     /// Registers a handle with the current tokio runtime (must be called from
     /// inside one).
     pub fn new(handle: DoorbellHandle) -> io::Result<Doorbell> {
         fd::set_nonblocking(handle.as_fd())?;
-        Ok(Doorbell { fd: fd::register(handle.0, Interest::READABLE)? })
+        Ok(Doorbell {
+            fd: fd::register(handle.0, Interest::READABLE)?,
+            announced: AtomicU32::new(DRAIN_AFTER_ANNOUNCED),
+        })
     }
 
     /// Rings the peer: one byte, never blocking, never raising `SIGPIPE`.
@@ -170,7 +199,33 @@ impl Doorbell {
     /// re-checks its own condition. Cancel-safe. Poll it once *before* the last
     /// check of the condition, so a signal sent after that check is not missed.
     pub async fn readable_drain(&self) -> io::Result<Drained> {
+        self.readable(Rings::Always).await
+    }
+
+    /// Counts a sleep announced to a peer that rings on demand
+    /// ([`Rings::OnDemand`]): each lets it queue at most one signal byte.
+    pub fn note_announced(&self) {
+        self.announced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`Doorbell::readable_drain`], except that with [`Rings::OnDemand`] the
+    /// queued bytes are usually left unread: tokio's readiness is cleared by
+    /// event tick, and each later signal raises a new edge-triggered event
+    /// whether or not older bytes are queued, so the read is one system call
+    /// per wake-up that tells us nothing. The bytes are read once
+    /// [`DRAIN_AFTER_ANNOUNCED`] sleeps were announced since the last read
+    /// ([`Doorbell::note_announced`]), and always when the peer hung up (the
+    /// drain then reports it). A lazy wake-up reports one byte.
+    pub async fn readable(&self, rings: Rings) -> io::Result<Drained> {
         let mut guard = self.fd.readable().await?;
+        if rings == Rings::OnDemand
+            && !guard.ready().is_read_closed()
+            && self.announced.load(Ordering::Relaxed) < DRAIN_AFTER_ANNOUNCED
+        {
+            guard.clear_ready();
+            return Ok(Drained { bytes: 1, peer_gone: false });
+        }
+        self.announced.store(0, Ordering::Relaxed);
         let d = drain_fd(self.fd.get_ref().as_fd());
         if !d.peer_gone {
             // Drained (a short read or EAGAIN): the event we were woken for is
@@ -373,5 +428,40 @@ mod tests {
         assert!(crate::fd::is_cloexec(back.as_fd()).unwrap(), "adopted ends are close-on-exec again");
         // SAFETY: not a descriptor this process has.
         assert!(unsafe { DoorbellHandle::from_arg("987654") }.is_err());
+    }
+
+    #[tokio::test]
+    async fn on_demand_wakes_on_every_signal_with_bytes_left_queued() {
+        let (a, b) = create_pair().unwrap();
+        let (a, b) = (Doorbell::new(a).unwrap(), Doorbell::new(b).unwrap());
+        let within = |f| tokio::time::timeout(Duration::from_secs(5), f);
+        // The first wake-up reads what was queued before.
+        a.signal();
+        a.signal();
+        assert_eq!(within(b.readable(Rings::OnDemand)).await.unwrap().unwrap().bytes, 2);
+        // Then each signal is an edge of its own, though nothing is read.
+        for round in 1..DRAIN_AFTER_ANNOUNCED as usize {
+            b.note_announced();
+            a.signal();
+            let d = within(b.readable(Rings::OnDemand)).await.expect("woken").unwrap();
+            assert_eq!(d, Drained { bytes: 1, peer_gone: false });
+            assert_eq!(b.pending_bytes().unwrap(), round, "left queued");
+            let again = tokio::time::timeout(Duration::from_millis(20), b.readable(Rings::OnDemand)).await;
+            assert!(again.is_err(), "the readiness was used up");
+        }
+        // After enough announced sleeps the bytes are read after all.
+        b.note_announced();
+        a.signal();
+        let d = within(b.readable(Rings::OnDemand)).await.unwrap().unwrap();
+        assert_eq!(d.bytes, DRAIN_AFTER_ANNOUNCED as usize);
+        assert_eq!(b.pending_bytes().unwrap(), 0);
+        // A hang-up is reported however few sleeps were announced (behind the
+        // bytes still queued in front of it, as a drain reports it).
+        a.signal();
+        drop(a);
+        let d = within(b.readable(Rings::OnDemand)).await.unwrap().unwrap();
+        assert_eq!(d, Drained { bytes: 1, peer_gone: false }, "the queued signal, read");
+        let d = within(b.readable(Rings::OnDemand)).await.unwrap().unwrap();
+        assert!(d.peer_gone, "{d:?}");
     }
 }

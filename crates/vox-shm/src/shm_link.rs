@@ -39,7 +39,7 @@ use shm_primitives::varslot::{AllocError, CheckedSlot, SlotError, SlotRef};
 use shm_primitives::wake::{announce_waiting, should_wake, stop_waiting};
 use shm_primitives::{Features, PeerId};
 use shm_primitives_async::control::{MmapControlReceiver, MmapControlSender};
-use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle, SignalResult};
+use shm_primitives_async::doorbell::{Doorbell, DoorbellHandle, Rings, SignalResult};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
@@ -283,6 +283,16 @@ impl Shared {
         let f = e.guest_features().bits() & !FEATURES_KNOWN;
         self.peer_features.store(f | FEATURES_KNOWN, Ordering::Release);
         Some(Features::from_bits(f))
+    }
+
+    /// How the peer rings our doorbell: only to claim an announced sleep once
+    /// wake on demand is agreed, so most wake-ups need not read the bytes.
+    fn peer_rings(&self) -> Rings {
+        if self.negotiated(Features::WAKE_ON_DEMAND) {
+            Rings::OnDemand
+        } else {
+            Rings::Always
+        }
     }
 
     /// A feature is on when we offer it and the peer is known to offer it.
@@ -555,7 +565,7 @@ impl<'a, 'p, B> Park<'a, 'p, B>
 where
     B: std::future::Future<Output = io::Result<shm_primitives_async::doorbell::Drained>>,
 {
-    /// `bell` is `sh.doorbell.readable_drain()` and `notified` is
+    /// `bell` is `sh.doorbell.readable(sh.peer_rings())` and `notified` is
     /// `sh.notify(half).notified()`, pinned by the caller. `None` if the
     /// doorbell had already rung: look again instead of sleeping.
     async fn begin(
@@ -572,6 +582,7 @@ where
         let announced = sh.ours.contains(Features::WAKE_ON_DEMAND);
         if announced {
             bump_shared(&sh.counters.wait_announcements);
+            sh.doorbell.note_announced();
             announce_waiting(sh.waiting_flag(half));
         }
         Some(Park { sh, half, bell, notified, announced })
@@ -1104,7 +1115,7 @@ impl ShmLinkTx {
                 continue;
             }
             let notified = pin!(sh.notify(Half::Tx).notified());
-            let bell = pin!(sh.doorbell.readable_drain());
+            let bell = pin!(sh.doorbell.readable(sh.peer_rings()));
             let Some(park) = Park::begin(sh, Half::Tx, bell, notified).await else {
                 continue; // already rung: look again
             };
@@ -1639,7 +1650,7 @@ impl ShmLinkRx {
             }
             let sh = self.core.shared.clone();
             let notified = pin!(sh.notify(Half::Rx).notified());
-            let bell = pin!(sh.doorbell.readable_drain());
+            let bell = pin!(sh.doorbell.readable(sh.peer_rings()));
             let Some(park) = Park::begin(&sh, Half::Rx, bell, notified).await else {
                 continue; // already rung: look again
             };
