@@ -1,0 +1,325 @@
+//! Waiting: polling politely ([`Poller`]), learning whether polling pays
+//! ([`SpinHistory`]), parking on the doorbell ([`Park`]) and sharing tokio's
+//! cooperative budget ([`Coop`]). It sees only a doorbell, a notification and
+//! a flag, never the link's shared state.
+
+use super::options::WaitStrategy;
+use shm_primitives::wake::{announce_waiting, stop_waiting};
+use shm_primitives_async::doorbell::Doorbell;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::sync::futures::Notified;
+
+/// Awaits the doorbell or a wake-up from the other half (`None`); with a stall
+/// report configured, prints `state()` each time the wait exceeds it.
+async fn sleep_on<F, N>(
+    mut bell: Pin<&mut F>,
+    mut notified: Pin<&mut N>,
+    stall_report: Option<Duration>,
+    state: impl Fn() -> String,
+) -> Option<F::Output>
+where
+    F: std::future::Future,
+    N: std::future::Future<Output = ()>,
+{
+    let Some(every) = stall_report else { return bell_or_notify(bell, notified).await };
+    loop {
+        match tokio::time::timeout(every, bell_or_notify(bell.as_mut(), notified.as_mut())).await {
+            Ok(v) => return v,
+            Err(_) => eprintln!("vox-shm: pid {} waiting for {every:?}+: {}", std::process::id(), state()),
+        }
+    }
+}
+
+/// The doorbell drain, or a wake-up from the other half: whichever comes first.
+pub(super) async fn bell_or_notify<B, N>(
+    mut bell: std::pin::Pin<&mut B>,
+    mut notified: std::pin::Pin<&mut N>,
+) -> Option<B::Output>
+where
+    B: std::future::Future,
+    N: std::future::Future<Output = ()>,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(d) = bell.as_mut().poll(cx) {
+            return Poll::Ready(Some(d));
+        }
+        if notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Polls a future once with the current task's context (registering its waker)
+/// and reports whether it completed.
+pub(super) async fn poll_once<F: std::future::Future + ?Sized>(mut f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+}
+
+/// The two halves of a link, which share one doorbell.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Half {
+    Tx,
+    Rx,
+}
+
+impl Half {
+    pub(super) fn other(self) -> Half {
+        match self {
+            Half::Tx => Half::Rx,
+            Half::Rx => Half::Tx,
+        }
+    }
+}
+
+/// Where a half announces that it is about to sleep (C1): the flag the peer
+/// checks after publishing, the doorbell (which counts announcements, see
+/// `Doorbell::note_announced`) and the statistics counter.
+pub(super) struct Announce<'a> {
+    pub(super) flag: &'a AtomicU32,
+    pub(super) doorbell: &'a Doorbell,
+    pub(super) count: &'a AtomicU64,
+}
+
+/// One half of a link on its way to sleep (B6, C1), the only place either
+/// half parks. [`Park::begin`] registers for both wake-ups (the doorbell, and
+/// the other half having drained it) and then announces; the caller re-checks
+/// its condition and either [`sleep`](Park::sleep)s or drops the guard.
+/// Dropping it withdraws the announcement.
+pub(super) struct Park<'a, 'p, B> {
+    bell: Pin<&'p mut B>,
+    notified: Pin<&'p mut Notified<'a>>,
+    announced: Option<&'a AtomicU32>,
+}
+
+impl<'a, 'p, B: std::future::Future> Park<'a, 'p, B> {
+    /// `bell` is the doorbell's readiness and `notified` the other half's
+    /// wake-up, pinned by the caller; `announce` is where to announce, if the
+    /// link announces at all. `Err` with the doorbell's output if it had
+    /// already rung: look again instead of sleeping.
+    pub(super) async fn begin(
+        mut bell: Pin<&'p mut B>,
+        mut notified: Pin<&'p mut Notified<'a>>,
+        announce: Option<Announce<'a>>,
+    ) -> Result<Park<'a, 'p, B>, B::Output> {
+        notified.as_mut().enable();
+        if let Poll::Ready(d) = poll_once(bell.as_mut()).await {
+            return Err(d);
+        }
+        let announced = announce.map(|a| {
+            a.count.fetch_add(1, Ordering::Relaxed);
+            a.doorbell.note_announced();
+            announce_waiting(a.flag);
+            a.flag
+        });
+        Ok(Park { bell, notified, announced })
+    }
+
+    /// Sleeps until the doorbell rings (its output) or the other half wakes
+    /// us (`None`). With `stall_report` set, prints `state()` whenever the
+    /// sleep lasts longer.
+    pub(super) async fn sleep(
+        mut self,
+        stall_report: Option<Duration>,
+        state: impl Fn() -> String,
+    ) -> Option<B::Output> {
+        sleep_on(self.bell.as_mut(), self.notified.as_mut(), stall_report, state).await
+    }
+}
+
+impl<B> Drop for Park<'_, '_, B> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.announced {
+            stop_waiting(flag);
+        }
+    }
+}
+
+/// Polling phase of a wait: `true` while the strategy says keep polling.
+///
+/// Polite: after every look that found nothing it yields to the scheduler,
+/// so every other task that is ready on this runtime thread (an RPC
+/// framework's reader, writer and dispatcher, another guest's link) runs
+/// before the next look. Holding the thread between looks made each hand-off
+/// between such tasks wait for a whole polling slice: under an RPC framework
+/// the link was slower than a Unix socket. Once per [`POLL_SLICE`] it also
+/// asks for a hang-up check (a polling half never reads the doorbell).
+pub(super) struct Poller {
+    pub(super) strategy: WaitStrategy,
+    pub(super) started: Option<Instant>,
+    /// When the whole wait began (carried over from an earlier poller of the
+    /// same wait).
+    pub(super) began: Option<Instant>,
+    pub(super) checked: Option<Instant>,
+    /// It polled at least once (so the wait's outcome says whether that paid).
+    pub(super) polled: bool,
+    /// Set when a slice ended; read by `took_a_slice`.
+    pub(super) sliced: bool,
+}
+
+/// How often a polling half checks for a hang-up.
+pub(super) const POLL_SLICE: Duration = Duration::from_micros(20);
+
+impl Poller {
+    pub(super) fn new(strategy: WaitStrategy) -> Self {
+        Poller { strategy, started: None, began: None, checked: None, polled: false, sliced: false }
+    }
+
+    /// A poller for the same wait after a park: a fresh budget, the history kept.
+    pub(super) fn again(&self, strategy: WaitStrategy) -> Self {
+        Poller { began: self.began, polled: self.polled, ..Poller::new(strategy) }
+    }
+
+    /// The budget, if this wait polled.
+    pub(super) fn polled_with(&self) -> Option<Duration> {
+        match (self.polled, self.strategy) {
+            (true, WaitStrategy::Spin { budget }) => Some(budget),
+            _ => None,
+        }
+    }
+
+    /// How long the wait has lasted.
+    pub(super) fn waited(&self) -> Duration {
+        self.began.map_or(Duration::ZERO, |b| b.elapsed())
+    }
+
+    pub(super) async fn keep_polling(&mut self) -> bool {
+        let budget = match self.strategy {
+            WaitStrategy::Park => return false,
+            WaitStrategy::Spin { budget } => Some(budget),
+            WaitStrategy::BusyPoll => None,
+        };
+        let now = Instant::now();
+        self.began.get_or_insert(now);
+        let started = *self.started.get_or_insert(now);
+        if budget.is_some_and(|b| now.duration_since(started) >= b) {
+            return false;
+        }
+        self.polled = true;
+        let checked = *self.checked.get_or_insert(now);
+        if now.duration_since(checked) >= POLL_SLICE {
+            self.checked = Some(now);
+            self.sliced = true;
+        }
+        tokio::task::yield_now().await;
+        true
+    }
+
+    /// True once after each slice of polling.
+    pub(super) fn took_a_slice(&mut self) -> bool {
+        std::mem::take(&mut self.sliced)
+    }
+}
+
+/// Whether polling before parking has been paying off for one half: a wait
+/// that polled and then found its data scores; one that polled the whole
+/// budget, parked, and then waited far longer still (over
+/// [`SPIN_LOSS_FACTOR`] budgets: the peer was descheduled or idle, so the
+/// polling only burnt a core) loses. A wait that ended soon after the budget
+/// counts for neither: parking at once would have added a wake-up to it.
+/// With no credit left the half parks at once, and probes by polling again
+/// every [`SPIN_PROBE_EVERY`] waits, so it notices when spinning pays again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SpinHistory {
+    pub(super) credit: u8,
+    pub(super) skipped: u8,
+}
+
+pub(super) const SPIN_CREDIT_MAX: u8 = 8;
+pub(super) const SPIN_PROBE_EVERY: u8 = 16;
+pub(super) const SPIN_LOSS_FACTOR: u32 = 4;
+
+impl Default for SpinHistory {
+    fn default() -> Self {
+        SpinHistory { credit: SPIN_CREDIT_MAX / 2, skipped: 0 }
+    }
+}
+
+impl SpinHistory {
+    /// The strategy for the next wait.
+    pub(super) fn strategy(&mut self, configured: WaitStrategy) -> WaitStrategy {
+        if !matches!(configured, WaitStrategy::Spin { .. }) || self.credit > 0 {
+            return configured;
+        }
+        self.skipped += 1;
+        if self.skipped >= SPIN_PROBE_EVERY {
+            self.skipped = 0;
+            return configured;
+        }
+        WaitStrategy::Park
+    }
+
+    /// A wait ended after `waited`: it polled (with `budget`, if it did), and
+    /// found its work without (`parked == false`) or only after parking.
+    pub(super) fn record(&mut self, polled: Option<Duration>, parked: bool, waited: Duration) {
+        match (polled, parked) {
+            (Some(_), false) => self.credit = (self.credit + 1).min(SPIN_CREDIT_MAX),
+            (Some(budget), true) if waited > budget * SPIN_LOSS_FACTOR => self.credit = self.credit.saturating_sub(2),
+            _ => {}
+        }
+    }
+}
+
+/// Messages per unit of tokio's cooperative budget.
+pub(super) const COOP_EVERY: u32 = 8;
+
+/// A link half's share in tokio's cooperative scheduling.
+///
+/// A sender that never has to wait, or a receiver that always finds a
+/// message, would otherwise never give its thread back, and every other task
+/// on it (another guest's link, say) would stall behind one busy peer. Like
+/// tokio's own sockets and channels, each half spends the task's budget, so it
+/// yields once the budget is used up; it spends one unit per [`COOP_EVERY`]
+/// messages, because a unit per message cost 7% of 64-byte streaming here, and
+/// a task still yields about every thousand messages (roughly 100 µs).
+#[derive(Debug, Default)]
+pub(super) struct Coop(AtomicU32);
+
+impl Coop {
+    pub(super) async fn tick(&self) {
+        // Only this half's callers count, and a lost count between two
+        // concurrent `reserve` calls does not matter: a plain load and store.
+        let n = self.0.load(Ordering::Relaxed).wrapping_add(1);
+        self.0.store(n, Ordering::Relaxed);
+        if n % COOP_EVERY == 0 {
+            tokio::task::coop::consume_budget().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod spin_history_tests {
+    use super::*;
+
+    const SPIN: WaitStrategy = WaitStrategy::Spin { budget: Duration::from_micros(50) };
+
+    #[test]
+    fn polling_that_never_pays_turns_into_parking_with_probes() {
+        let budget = Duration::from_micros(50);
+        let long = budget * (SPIN_LOSS_FACTOR + 1);
+        let mut h = SpinHistory::default();
+        assert_eq!(h.strategy(SPIN), SPIN, "starts by polling");
+        // Parked, but the data came soon after the budget: no verdict.
+        for _ in 0..10 {
+            h.record(Some(budget), true, budget * 2);
+        }
+        assert_eq!(h.strategy(SPIN), SPIN);
+        for _ in 0..4 {
+            h.record(Some(budget), true, long); // polled in vain, the peer was away
+        }
+        let choices: Vec<_> = (0..32).map(|_| h.strategy(SPIN)).collect();
+        assert_eq!(choices.iter().filter(|&&s| s == SPIN).count(), 2, "probes every 16 waits: {choices:?}");
+        assert!(choices[..15].iter().all(|&s| s == WaitStrategy::Park));
+        // A probe that pays brings polling back.
+        h.record(Some(budget), false, budget / 2);
+        assert_eq!(h.strategy(SPIN), SPIN);
+        // Waits that did not poll change nothing; other strategies are left alone.
+        h.record(None, true, long);
+        assert_eq!(h.strategy(WaitStrategy::BusyPoll), WaitStrategy::BusyPoll);
+        assert_eq!(h.strategy(WaitStrategy::Park), WaitStrategy::Park);
+    }
+}
