@@ -403,7 +403,7 @@ enum Popped {
 pub struct VarSlotPool<'a> {
     region: Region<'a>,
     base: u64,
-    classes: Vec<ClassOffsets>,
+    layout: PoolLayout,
     ops: std::sync::Arc<OpsInFlight>,
 }
 
@@ -454,7 +454,7 @@ impl<'a> VarSlotPool<'a> {
                 unsafe { mp.as_ptr().write(meta) };
             }
         }
-        Ok(VarSlotPool { region, base, classes: layout.classes.clone(), ops: Default::default() })
+        Ok(VarSlotPool { region, base, layout: layout.clone(), ops: Default::default() })
     }
 
     /// Reads the class table of an existing pool and validates it: the table
@@ -489,7 +489,7 @@ impl<'a> VarSlotPool<'a> {
     /// (normally from [`VarSlotPool::discover_configs`] and a layout check).
     pub fn attach(region: Region<'a>, base: u64, layout: &PoolLayout) -> Result<VarSlotPool<'a>, OutOfBounds> {
         Self::check_bounds(region, base, layout)?;
-        Ok(VarSlotPool { region, base, classes: layout.classes.clone(), ops: Default::default() })
+        Ok(VarSlotPool { region, base, layout: layout.clone(), ops: Default::default() })
     }
 
     /// Counts this process's operations in flight in the u32 at `offset` of the
@@ -522,22 +522,22 @@ impl<'a> VarSlotPool<'a> {
 
     /// Number of size classes.
     pub fn class_count(&self) -> usize {
-        self.classes.len()
+        self.layout.classes.len()
     }
 
     /// Geometry of class `i`.
     pub fn class(&self, i: usize) -> Option<ClassOffsets> {
-        self.classes.get(i).copied()
+        self.layout.classes.get(i).copied()
     }
 
     /// Slot size of class `i`.
     pub fn slot_size(&self, i: usize) -> Option<u32> {
-        self.classes.get(i).map(|c| c.slot_size)
+        self.layout.classes.get(i).map(|c| c.slot_size)
     }
 
     /// Largest slot size over all classes.
     pub fn max_slot_size(&self) -> u32 {
-        self.classes.iter().map(|c| c.slot_size).max().unwrap_or(0)
+        self.layout.max_slot_size()
     }
 
     fn header(&self, class: usize) -> &SizeClassHeader {
@@ -551,7 +551,7 @@ impl<'a> VarSlotPool<'a> {
     }
 
     fn meta(&self, class: usize, idx: u32) -> &VarSlotMeta {
-        let c = &self.classes[class];
+        let c = &self.layout.classes[class];
         debug_assert!(idx < c.slot_count);
         let p = self
             .region
@@ -564,9 +564,10 @@ impl<'a> VarSlotPool<'a> {
     /// Checks a slot reference against the geometry.
     pub fn check(&self, slot: SlotRef) -> Result<CheckedSlot, SlotError> {
         let c = self
+            .layout
             .classes
             .get(slot.class_idx as usize)
-            .ok_or(SlotError::BadClass { class_idx: slot.class_idx, classes: self.classes.len() })?;
+            .ok_or(SlotError::BadClass { class_idx: slot.class_idx, classes: self.layout.classes.len() })?;
         if slot.slot_idx >= c.slot_count {
             return Err(SlotError::BadSlot {
                 class_idx: slot.class_idx,
@@ -606,12 +607,13 @@ impl<'a> VarSlotPool<'a> {
 
     fn allocate_steps(&self, size: u32, owner: u32, steps: u32) -> Result<Option<SlotRef>, AllocError> {
         let first = self
+            .layout
             .classes
             .iter()
             .position(|c| c.slot_size >= size)
             .ok_or(AllocError::TooLarge { size, max_slot_size: self.max_slot_size() })?;
         let mut corrupt = None;
-        for class in first..self.classes.len() {
+        for class in first..self.layout.classes.len() {
             match self.pop(class, owner, steps) {
                 Ok(Popped::Slot(slot)) => return Ok(Some(slot)),
                 Ok(Popped::Stopped) => return Ok(None),
@@ -623,7 +625,7 @@ impl<'a> VarSlotPool<'a> {
     }
 
     fn pop(&self, class: usize, owner: u32, steps: u32) -> Result<Popped, AllocError> {
-        let c = self.classes[class];
+        let c = self.layout.classes[class];
         let class_idx = class as u8;
         let h = self.header(class);
         let corrupt = |what, value| AllocError::Corrupt { class_idx, what, value };
@@ -796,7 +798,7 @@ impl<'a> VarSlotPool<'a> {
         // push and pop before it (so their counters and links are visible to
         // the loads that follow).
         let heads: Vec<u64> =
-            (0..self.classes.len()).map(|c| self.header(c).free_head.fetch_add(0, Ordering::AcqRel)).collect();
+            (0..self.layout.classes.len()).map(|c| self.header(c).free_head.fetch_add(0, Ordering::AcqRel)).collect();
         if busy() {
             return Ok(OrphanAudit::Busy);
         }
@@ -813,7 +815,7 @@ impl<'a> VarSlotPool<'a> {
                 Err(_) if moved() => return Ok(OrphanAudit::Busy),
                 Err(e) => return Err(e),
             };
-            for idx in 0..self.classes[class].slot_count {
+            for idx in 0..self.layout.classes[class].slot_count {
                 let m = self.meta(class, idx);
                 if !reachable[idx as usize] && m.state.load(Ordering::SeqCst) == SlotState::Free as u32 {
                     orphans.push((class, idx));
@@ -839,7 +841,7 @@ impl<'a> VarSlotPool<'a> {
     /// With `require_free`, a slot on the list that is not Free is corruption
     /// too (a quiescent check; an audit of a live pool cannot insist on it).
     fn walk(&self, class: usize, mut idx: u32, require_free: bool) -> Result<Vec<bool>, AllocError> {
-        let c = self.classes[class];
+        let c = self.layout.classes[class];
         let corrupt = |what, value| AllocError::Corrupt { class_idx: class as u8, what, value };
         let mut seen = vec![false; c.slot_count as usize];
         while idx != EMPTY {
@@ -862,8 +864,8 @@ impl<'a> VarSlotPool<'a> {
     /// many were reclaimed. Visits each slot once.
     pub fn reclaim_peer_slots(&self, owner: u32) -> usize {
         let mut n = 0;
-        for class in 0..self.classes.len() {
-            for idx in 0..self.classes[class].slot_count {
+        for class in 0..self.layout.classes.len() {
+            for idx in 0..self.layout.classes[class].slot_count {
                 let m = self.meta(class, idx);
                 if m.owner_peer.load(Ordering::Acquire) == owner
                     && m.state.load(Ordering::Acquire) == SlotState::Allocated as u32
@@ -900,7 +902,7 @@ impl<'a> VarSlotPool<'a> {
 
     /// `(generation, state, owner)` of a slot, for inspection.
     pub fn slot_meta(&self, class: usize, idx: u32) -> Option<(u32, u32, u32)> {
-        let c = self.classes.get(class)?;
+        let c = self.layout.classes.get(class)?;
         if idx >= c.slot_count {
             return None;
         }
@@ -914,7 +916,7 @@ impl<'a> VarSlotPool<'a> {
 
     /// Counts free and allocated slots of a class by scanning its metadata.
     pub fn class_usage(&self, class: usize) -> Option<ClassUsage> {
-        let c = self.classes.get(class)?;
+        let c = self.layout.classes.get(class)?;
         let mut usage = ClassUsage { free: 0, allocated_by_owner: Vec::new(), invalid_state: 0 };
         for idx in 0..c.slot_count {
             let (_, state, owner) = self.slot_meta(class, idx)?;
@@ -937,7 +939,7 @@ impl<'a> VarSlotPool<'a> {
     /// every entry in range, Free, and listed once. Returns the list length.
     /// For tests and inspection while the pool is quiescent.
     pub fn check_free_list(&self, class: usize) -> Result<u32, AllocError> {
-        self.classes.get(class).ok_or(AllocError::Exhausted { size: 0 })?;
+        self.layout.classes.get(class).ok_or(AllocError::Exhausted { size: 0 })?;
         let (_, head) = unpack(self.header(class).free_head.load(Ordering::Acquire));
         let listed = self.walk(class, head, true)?;
         Ok(listed.iter().filter(|&&on| on).count() as u32)
@@ -1087,7 +1089,7 @@ mod tests {
 
     impl VarSlotPool<'_> {
         fn layout_configs(&self) -> Vec<SizeClassConfig> {
-            self.classes.iter().map(|c| sc(c.slot_size, c.slot_count)).collect()
+            self.layout.classes.iter().map(|c| sc(c.slot_size, c.slot_count)).collect()
         }
     }
 

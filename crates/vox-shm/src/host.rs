@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use shm_primitives::peer::Side;
-use shm_primitives::{Features, PeerId};
+use shm_primitives::PeerId;
 use shm_primitives_async::control::{self, MMAP_CONTROL_ARG_NAME};
 use shm_primitives_async::doorbell::{self, DoorbellHandle};
 use shm_primitives_async::fd;
@@ -256,18 +256,6 @@ pub fn spawn_guest_with(hub: &impl GuestSlots, mut cmd: Command, options: LinkOp
     Ok((link, child))
 }
 
-/// Extension words a guest publishes before claiming its slot (spec C0/C3).
-fn publish_guest_words(segment: &Segment, peer: PeerId, features: Features) -> io::Result<()> {
-    let e = segment
-        .peer_entry(peer)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist")))?;
-    e.set_guest_features(features);
-    if features.contains(Features::LIVENESS) {
-        e.set_guest_pid(std::process::id());
-    }
-    Ok(())
-}
-
 /// Builds a guest's link from its ticket. With `claim_reserved` the guest
 /// first claims the slot the host reserved (features published before the
 /// claim, as spec C0 asks).
@@ -300,7 +288,10 @@ fn guest_link_from_parts(
     options: LinkOptions,
 ) -> io::Result<ShmLink> {
     if claim_reserved {
-        publish_guest_words(&segment, peer, options.features)?;
+        let entry = segment
+            .peer_entry(peer)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist")))?;
+        crate::shm_link::publish_guest_words(entry, options.features);
         segment.claim_peer(peer).map_err(|e| io::Error::other(format!("failed to claim reserved peer: {e}")))?;
     }
     ShmLink::new(Side::Guest, segment, peer, bell, ctl_tx, ctl_rx, options)
