@@ -1,7 +1,7 @@
 //! The ring entry decoder on arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vox_shm::framing::parse_frame;
+use shm_primitives::framing::parse_frame;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((_, consumed)) = parse_frame(&data) {

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use shm_primitives::bipbuf::BipBuf;
 use shm_primitives::HeapRegion;
-use vox_shm::framing::parse_frame;
+use shm_primitives::framing::parse_frame;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 12 {

@@ -1,28 +1,31 @@
-//! Segment validation on arbitrary file contents: attach refuses or yields a
-//! segment on which every operation stays in bounds.
+//! Segment validation on arbitrary bytes: `validate` refuses them or yields
+//! views on which every operation stays in bounds.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vox_shm::Segment;
+use shm_primitives::validate::validate;
+use shm_primitives::HeapRegion;
 
 fuzz_target!(|data: &[u8]| {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("seg");
-    std::fs::write(&path, data).unwrap();
-    if let Ok(seg) = Segment::attach(&path) {
-        let _ = seg.reserve_peer();
-        let _ = seg.attach_peer();
-        for (id, e) in seg.peer_table().iter() {
-            let _ = (e.state(), e.guest_features(), seg.g2h_bipbuf(id), seg.h2g_bipbuf(id));
-            let _ = seg.recover_crashed_peer(id);
+    let heap = HeapRegion::new_zeroed(data.len());
+    let p = heap.region().range(0, data.len() as u64).unwrap();
+    // SAFETY: in-bounds writes to our own heap memory before any view exists.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len()) };
+    let Ok(v) = validate(heap.region()) else { return };
+    let _ = v.peers.reserve();
+    let _ = v.peers.attach_walk_in();
+    for (id, e) in v.peers.iter() {
+        let _ = (e.state(), e.guest_features(), e.epoch(), e.pool_ops_in_flight(), v.layout.g2h_offset(id));
+        e.reset_with_ring_offset(v.layout.g2h_offset(id));
+        let _ = v.pool.reclaim_peer_slots(u32::from(id.get()));
+    }
+    for size in [1, 100, 5000, 70000] {
+        if let Ok(s) = v.pool.allocate(size, 1) {
+            let _ = v.pool.free(s);
         }
-        for size in [1, 100, 5000, 70000] {
-            if let Ok(s) = seg.var_pool().allocate(size, 1) {
-                let _ = seg.var_pool().free(s);
-            }
-        }
-        for c in 0..seg.var_pool().class_count() {
-            let _ = seg.var_pool().class_usage(c);
-            let _ = seg.var_pool().check_free_list(c);
-        }
+    }
+    let _ = v.pool.return_orphans(|| false);
+    for c in 0..v.pool.class_count() {
+        let _ = v.pool.class_usage(c);
+        let _ = v.pool.check_free_list(c);
     }
 });

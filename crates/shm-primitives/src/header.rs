@@ -157,69 +157,6 @@ pub struct HeaderFields {
     pub host_features: Features,
 }
 
-/// Why a header was refused, checked in this order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderError {
-    /// The file is shorter than a header.
-    #[error("file is {file_len} bytes, shorter than the 128-byte segment header")]
-    TooShort {
-        /// Length of the file.
-        file_len: u64,
-    },
-    /// Not a vox segment (or not yet published by its host).
-    #[error("bad magic {found:02x?}: not a vox segment v7, or its host has not finished creating it")]
-    BadMagic {
-        /// The bytes found.
-        found: [u8; 8],
-    },
-    /// A different format version.
-    #[error("segment version {found} is not supported (expected 7)")]
-    UnsupportedVersion {
-        /// Version found.
-        found: u32,
-    },
-    /// Header size field is not 128.
-    #[error("header_size is {found}, expected 128")]
-    BadHeaderSize {
-        /// Value found.
-        found: u32,
-    },
-    /// `num_var_slot_classes` is zero.
-    #[error("segment declares no slot size classes")]
-    NoSizeClasses,
-    /// `max_guests` does not fit the 255 possible peer ids.
-    #[error("max_guests is {found}, more than 255")]
-    TooManyGuests {
-        /// Value found.
-        found: u32,
-    },
-    /// A stored offset or size disagrees with the layout its own fields imply.
-    #[error("{field} is {found}, but the layout requires {expected}")]
-    LayoutMismatch {
-        /// Name of the field.
-        field: &'static str,
-        /// What the layout formula gives.
-        expected: u64,
-        /// What the segment says.
-        found: u64,
-    },
-    /// The segment claims more bytes than the file has.
-    #[error("segment needs {needed} bytes but the file has {file_len}")]
-    FileTooSmall {
-        /// Bytes the layout needs.
-        needed: u64,
-        /// Bytes in the file.
-        file_len: u64,
-    },
-    /// The geometry itself is invalid (bad classes, zero capacity, overflow).
-    #[error(transparent)]
-    Layout(#[from] crate::layout::LayoutError),
-    /// A structure the header points to (class table, peer table, rings,
-    /// pool) does not fit the file.
-    #[error("segment structure lies outside the file: {0}")]
-    OutOfBounds(#[from] crate::region::OutOfBounds),
-}
-
 impl SegmentHeader {
     /// Writes every field and then publishes the magic.
     ///
@@ -301,28 +238,6 @@ impl SegmentHeader {
 }
 
 impl HeaderFields {
-    /// The identity checks of a guest attach, in vox-shm 0.3.1's order: magic,
-    /// version, header size, at least one size class. Then our own: max_guests
-    /// fits in a peer id.
-    pub fn check_identity(&self) -> Result<(), HeaderError> {
-        if self.magic != MAGIC {
-            return Err(HeaderError::BadMagic { found: self.magic });
-        }
-        if self.version != SEGMENT_VERSION {
-            return Err(HeaderError::UnsupportedVersion { found: self.version });
-        }
-        if self.header_size != SEGMENT_HEADER_SIZE as u32 {
-            return Err(HeaderError::BadHeaderSize { found: self.header_size });
-        }
-        if self.num_var_slot_classes == 0 {
-            return Err(HeaderError::NoSizeClasses);
-        }
-        if self.max_guests > 255 {
-            return Err(HeaderError::TooManyGuests { found: self.max_guests });
-        }
-        Ok(())
-    }
-
     /// Inline threshold with 0 meaning the default of 256.
     pub fn effective_inline_threshold(&self) -> u32 {
         if self.inline_threshold == 0 {
@@ -334,18 +249,18 @@ impl HeaderFields {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::region::HeapRegion;
 
-    fn header_in(heap: &HeapRegion) -> &SegmentHeader {
+    pub(crate) fn header_in(heap: &HeapRegion) -> &SegmentHeader {
         let p = heap.region().typed::<SegmentHeader>(0).unwrap();
         // SAFETY: in bounds and aligned (checked by `typed`); zeroed memory is a
         // valid value for a struct of atomics; the heap region outlives the borrow.
         unsafe { p.as_ref() }
     }
 
-    fn sample() -> SegmentHeaderInit {
+    pub(crate) fn sample() -> SegmentHeaderInit {
         SegmentHeaderInit {
             total_size: 38400,
             max_payload_size: 1024,
@@ -358,13 +273,6 @@ mod tests {
             num_var_slot_classes: 2,
             host_features: Features::NONE,
         }
-    }
-
-    #[test]
-    fn unpublished_header_has_bad_magic() {
-        let heap = HeapRegion::new_zeroed(128);
-        let f = header_in(&heap).read();
-        assert_eq!(f.check_identity(), Err(HeaderError::BadMagic { found: [0; 8] }));
     }
 
     #[test]
@@ -402,32 +310,6 @@ mod tests {
         }
         assert_eq!(&bytes[80..84], &[0x0f, 0, 0, 0]);
         assert_eq!(h.host_features(), Features::ALL);
-    }
-
-    #[test]
-    fn each_identity_error_is_reported() {
-        let heap = HeapRegion::new_zeroed(128);
-        let h = header_in(&heap);
-        h.init(&sample());
-        let good = h.read();
-        let mut f = good;
-        f.magic[7] = 6;
-        assert!(matches!(f.check_identity(), Err(HeaderError::BadMagic { .. })));
-        let mut f = good;
-        f.version = 6;
-        assert_eq!(f.check_identity(), Err(HeaderError::UnsupportedVersion { found: 6 }));
-        let mut f = good;
-        f.header_size = 64;
-        assert_eq!(f.check_identity(), Err(HeaderError::BadHeaderSize { found: 64 }));
-        let mut f = good;
-        f.num_var_slot_classes = 0;
-        assert_eq!(f.check_identity(), Err(HeaderError::NoSizeClasses));
-        let mut f = good;
-        f.max_guests = 256;
-        assert_eq!(f.check_identity(), Err(HeaderError::TooManyGuests { found: 256 }));
-        let mut f = good;
-        f.inline_threshold = 0;
-        assert_eq!(f.effective_inline_threshold(), DEFAULT_INLINE_THRESHOLD);
     }
 
     #[test]

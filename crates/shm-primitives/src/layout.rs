@@ -5,7 +5,7 @@ use crate::bipbuf::BIPBUF_HEADER_SIZE;
 use crate::header::{MAX_INLINE_THRESHOLD, SEGMENT_HEADER_SIZE};
 use crate::peer::{PeerId, PEER_ENTRY_SIZE};
 use crate::region::align64;
-use crate::varslot::{PoolLayout, SizeClassConfig};
+use crate::varslot::raw::{CLASS_HEADER_SIZE, EMPTY, SLOT_META_SIZE};
 
 /// Offset of the peer table: right after the header.
 pub const PEER_TABLE_OFFSET: u64 = SEGMENT_HEADER_SIZE as u64;
@@ -151,6 +151,88 @@ pub fn check_inline_threshold(threshold: u32) -> Result<(), LayoutError> {
         return Err(LayoutError::InlineThresholdTooLarge { threshold });
     }
     Ok(())
+}
+
+/// A size class as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SizeClassConfig {
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Number of slots.
+    pub slot_count: u32,
+}
+
+/// Where one class's metadata and data lie, relative to the pool base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassOffsets {
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Number of slots.
+    pub slot_count: u32,
+    /// Offset of the metadata array.
+    pub meta_off: u64,
+    /// Offset of the data array.
+    pub data_off: u64,
+}
+
+/// Geometry of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolLayout {
+    /// Per-class offsets, in table order.
+    pub classes: Vec<ClassOffsets>,
+    /// Total pool size in bytes.
+    pub size: u64,
+}
+
+impl PoolLayout {
+    /// Computes the layout of spec A5.1 and validates the classes: at least one,
+    /// at most 256, non-zero sizes and counts, sorted by slot size.
+    pub fn compute(configs: &[SizeClassConfig]) -> Result<PoolLayout, LayoutError> {
+        if configs.is_empty() {
+            return Err(LayoutError::NoSizeClasses);
+        }
+        if configs.len() > 256 {
+            return Err(LayoutError::TooManySizeClasses { count: configs.len() });
+        }
+        let mut off = align64(configs.len() as u64 * CLASS_HEADER_SIZE).ok_or(LayoutError::TooLarge)?;
+        let mut classes = Vec::with_capacity(configs.len());
+        let mut previous = 0;
+        for (class, c) in configs.iter().enumerate() {
+            if c.slot_size == 0 {
+                return Err(LayoutError::ZeroSlotSize { class });
+            }
+            if c.slot_count == 0 {
+                return Err(LayoutError::ZeroSlotCount { class });
+            }
+            if c.slot_count == EMPTY {
+                return Err(LayoutError::SlotCountTooLarge { class, count: c.slot_count, max: EMPTY - 1 });
+            }
+            if c.slot_size < previous {
+                return Err(LayoutError::ClassesUnsorted { class, slot_size: c.slot_size, previous });
+            }
+            previous = c.slot_size;
+            let meta_off = off;
+            let meta_len = align64(SLOT_META_SIZE * u64::from(c.slot_count)).ok_or(LayoutError::TooLarge)?;
+            let data_off = meta_off.checked_add(meta_len).ok_or(LayoutError::TooLarge)?;
+            let data_len = u64::from(c.slot_size)
+                .checked_mul(u64::from(c.slot_count))
+                .and_then(align64)
+                .ok_or(LayoutError::TooLarge)?;
+            off = data_off.checked_add(data_len).ok_or(LayoutError::TooLarge)?;
+            classes.push(ClassOffsets { slot_size: c.slot_size, slot_count: c.slot_count, meta_off, data_off });
+        }
+        Ok(PoolLayout { classes, size: off })
+    }
+
+    /// The class configurations this layout was computed from.
+    pub fn configs(&self) -> Vec<SizeClassConfig> {
+        self.classes.iter().map(|c| SizeClassConfig { slot_size: c.slot_size, slot_count: c.slot_count }).collect()
+    }
+
+    /// Largest slot size.
+    pub fn max_slot_size(&self) -> u32 {
+        self.classes.iter().map(|c| c.slot_size).max().unwrap_or(0)
+    }
 }
 
 #[cfg(all(test, not(loom)))]

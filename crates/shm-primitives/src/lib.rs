@@ -20,22 +20,23 @@
 
 pub mod bipbuf;
 pub mod features;
+pub mod framing;
 pub mod header;
 pub mod layout;
 pub mod mmap;
 pub mod peer;
 pub mod region;
 mod sync;
+pub mod validate;
 pub mod varslot;
 pub mod wake;
 
 pub use bipbuf::{BipBuf, BipBufConsumer, BipBufHeader, BipBufProducer, RingError, BIPBUF_HEADER_SIZE};
 pub use features::Features;
-pub use header::{
-    HeaderError, HeaderFields, SegmentHeader, SegmentHeaderInit, MAGIC, SEGMENT_HEADER_SIZE, SEGMENT_VERSION,
-};
-pub use layout::{LayoutError, SegmentLayout};
+pub use header::{HeaderFields, SegmentHeader, SegmentHeaderInit, MAGIC, SEGMENT_HEADER_SIZE, SEGMENT_VERSION};
+pub use layout::{LayoutError, PoolLayout, SegmentLayout, SizeClassConfig};
 pub use mmap::{FileCleanup, Mapping, MmapRegion, DEFAULT_FILE_MODE};
 pub use peer::{PeerEntry, PeerId, PeerState, PeerTable, Side, PEER_ENTRY_SIZE};
 pub use region::{HeapRegion, OutOfBounds, Region};
-pub use varslot::{AllocError, CheckedSlot, FreeError, PoolLayout, SizeClassConfig, SlotError, SlotRef, VarSlotPool};
+pub use validate::HeaderError;
+pub use varslot::{AllocError, CheckedSlot, FreeError, SlotError, SlotRef, VarSlotPool};

@@ -131,6 +131,14 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     }
 }
 
+/// The file at `path`, opened and locked exclusively, if no live process
+/// holds it (`Ok(None)` if one does). Nothing about its contents is checked;
+/// the lock goes when the returned file is closed.
+pub fn lock_if_unheld(path: &Path) -> io::Result<Option<File>> {
+    let file = File::open(path)?;
+    Ok(try_lock_exclusive(&file)?.then_some(file))
+}
+
 impl MmapRegion {
     /// Creates the file at `path` with `size` zero bytes and maps it.
     ///

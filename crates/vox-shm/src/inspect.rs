@@ -15,7 +15,8 @@ use shm_primitives::peer::{PeerState, PeerTable};
 use shm_primitives::varslot::VarSlotPool;
 use shm_primitives::{Features, PeerId, SegmentLayout};
 
-use crate::segment::{validate_region, AttachError};
+use crate::segment::AttachError;
+use shm_primitives::validate::validate;
 
 /// A read-only, validated mapping of a segment file.
 #[derive(Debug)]
@@ -132,7 +133,7 @@ impl SegmentView {
     pub fn open(path: &Path) -> Result<SegmentView, AttachError> {
         let map = MmapRegion::attach_read_only(path)?;
         // SAFETY: `map` is stored beside the views and outlives them.
-        let v = validate_region(unsafe { crate::segment::unbounded(map.region()) })?;
+        let v = validate(unsafe { crate::segment::unbounded(map.region()) })?;
         Ok(SegmentView { map, layout: v.layout, fields: v.fields, peers: v.peers, pool: v.pool })
     }
 

@@ -6,7 +6,7 @@
 
 mod async_lock;
 pub mod bootstrap;
-pub mod framing;
+pub use shm_primitives::framing;
 pub mod host;
 pub mod inspect;
 pub mod isolation;

@@ -30,12 +30,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use shm_primitives::bipbuf::{BipBuf, BipBufConsumer, BipBufProducer};
-use shm_primitives::header::{HeaderError, HeaderFields, SegmentHeader, SegmentHeaderInit, MAX_INLINE_THRESHOLD};
+use shm_primitives::header::{HeaderFields, SegmentHeader, SegmentHeaderInit, MAX_INLINE_THRESHOLD};
 use shm_primitives::layout::{check_inline_threshold, LayoutError, SegmentLayout};
 use shm_primitives::mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
 use shm_primitives::peer::Side;
 use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable};
 use shm_primitives::region::Region;
+use shm_primitives::validate::{validate, HeaderError};
 use shm_primitives::varslot::{SizeClassConfig, VarSlotPool};
 use shm_primitives::Features;
 
@@ -305,7 +306,7 @@ impl Segment {
     pub fn create_with(path: &Path, config: SegmentConfig<'_>, options: CreateOptions) -> Result<Segment, CreateError> {
         let layout = Self::plan(&config)?;
         // A missing file, or one whose lock cannot be judged, is replaced.
-        if let Ok(None) = crate::stale::lock_if_unheld(path) {
+        if let Ok(None) = shm_primitives::mmap::lock_if_unheld(path) {
             return Err(CreateError::InUse(path.to_owned()));
         }
         let region = MmapRegion::create(path, layout.total_size as usize, options.cleanup, options.mode)?;
@@ -402,7 +403,7 @@ impl Segment {
     fn validate(region: MmapRegion) -> Result<Segment, AttachError> {
         // SAFETY: as in `initialise`: the views live in the `Segment` beside
         // the mapping they borrow.
-        let v = validate_region(unsafe { unbounded(region.region()) })?;
+        let v = validate(unsafe { unbounded(region.region()) })?;
         let ring_ends = Self::ring_end_table(v.layout.max_guests);
         Ok(Segment {
             region,
@@ -741,14 +742,6 @@ impl AsRawFd for Segment {
     }
 }
 
-/// A segment's geometry, checked against the memory it is mapped in.
-pub(crate) struct Validated<'a> {
-    pub(crate) layout: SegmentLayout,
-    pub(crate) fields: HeaderFields,
-    pub(crate) peers: PeerTable<'a>,
-    pub(crate) pool: VarSlotPool<'a>,
-}
-
 /// The same region with an unbounded lifetime, for views stored next to the
 /// mapping they borrow (a `Segment`, a `SegmentView`).
 ///
@@ -760,65 +753,4 @@ pub(crate) unsafe fn unbounded(r: Region<'_>) -> Region<'static> {
     // SAFETY: forwarded to the caller's contract; base and length are a live
     // region's, so alignment and bounds hold.
     unsafe { Region::from_raw(r.base(), r.len()) }
-}
-
-/// A snapshot of the header at the start of `r`.
-fn read_header(r: Region<'_>) -> Result<HeaderFields, HeaderError> {
-    let p = r.typed::<SegmentHeader>(0)?;
-    // SAFETY: in bounds and aligned; all-atomic struct (any bits valid); the
-    // reference does not outlive this call, during which `r` is mapped (the
-    // `Region` contract).
-    Ok(unsafe { p.as_ref() }.read())
-}
-
-/// Whether the mapped file is a vox segment at all: long enough for a header,
-/// whose identity (magic, version, header size) checks out. Nothing past the
-/// header is looked at, so no scribble over a guest's rings, entries or the
-/// pool can change the answer (stale-file cleaning relies on that).
-pub(crate) fn identify(r: Region<'_>) -> Result<HeaderFields, AttachError> {
-    let file_len = r.len() as u64;
-    if file_len < shm_primitives::SEGMENT_HEADER_SIZE as u64 {
-        return Err(HeaderError::TooShort { file_len }.into());
-    }
-    let fields = read_header(r)?;
-    fields.check_identity()?;
-    Ok(fields)
-}
-
-/// Validates a mapped segment without writing to it (spec B8).
-pub(crate) fn validate_region(r: Region<'_>) -> Result<Validated<'_>, AttachError> {
-    let file_len = r.len() as u64;
-    let fields = identify(r)?;
-    let mismatch = |field, expected: u64, found: u64| HeaderError::LayoutMismatch { field, expected, found };
-    if fields.peer_table_offset != shm_primitives::SEGMENT_HEADER_SIZE as u64 {
-        return Err(mismatch("peer_table_offset", 128, fields.peer_table_offset).into());
-    }
-    let max_guests = fields.max_guests as u8; // <= 255 by check_identity
-    let (_, pool_offset) = SegmentLayout::rings(max_guests, fields.bipbuf_capacity).map_err(HeaderError::from)?;
-    if fields.var_pool_offset != pool_offset {
-        return Err(mismatch("var_pool_offset", pool_offset, fields.var_pool_offset).into());
-    }
-    let classes = VarSlotPool::discover_configs(r, fields.var_pool_offset, fields.num_var_slot_classes)?;
-    let layout = SegmentLayout::compute(max_guests, fields.bipbuf_capacity, &classes).map_err(HeaderError::from)?;
-    if fields.total_size != layout.total_size {
-        return Err(mismatch("total_size", layout.total_size, fields.total_size).into());
-    }
-    if layout.total_size > file_len {
-        return Err(HeaderError::FileTooSmall { needed: layout.total_size, file_len }.into());
-    }
-    let oob = |e| AttachError::BadHeader(HeaderError::OutOfBounds(e));
-    let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
-    // Every ring lies inside the file. Their stored capacities and the peer
-    // entries' ring offsets are not checked: any guest can scribble over its
-    // own, and one guest must not lock every later one out. We never read
-    // them (positions, capacities and offsets come from the layout validated
-    // here), and the host rewrites them from its layout when it recovers a
-    // guest, for 0.3.1 peers that do read them.
-    for (id, _) in peers.iter() {
-        for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
-            BipBuf::attach(r, off, layout.bipbuf_capacity).map_err(oob)?;
-        }
-    }
-    let pool = VarSlotPool::attach(r, layout.var_pool_offset, &layout.pool).map_err(oob)?;
-    Ok(Validated { layout, fields, peers, pool })
 }

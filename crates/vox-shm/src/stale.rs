@@ -20,12 +20,13 @@
 //! }
 //! ```
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use shm_primitives::mmap::{try_lock_exclusive, MmapRegion};
+pub use shm_primitives::mmap::lock_if_unheld;
+use shm_primitives::mmap::MmapRegion;
+use shm_primitives::validate::identify;
 
 use crate::segment::AttachError;
 
@@ -61,20 +62,12 @@ pub fn remove_if_stale(path: &Path) -> FileState {
     examine(path, true)
 }
 
-/// The file at `path`, opened and locked exclusively, if no live process
-/// holds it (`Ok(None)` if one does). Nothing about its contents is checked;
-/// the lock goes when the returned file is closed.
-pub fn lock_if_unheld(path: &Path) -> io::Result<Option<File>> {
-    let file = File::open(path)?;
-    Ok(try_lock_exclusive(&file)?.then_some(file))
-}
-
 /// Whether `path` holds a vox segment, judged by its header's identity only:
 /// a guest that scribbled over its rings or the pool before its host died
 /// must not make the file look foreign and keep it from being cleaned.
 fn is_segment(path: &Path) -> Result<(), AttachError> {
     let map = MmapRegion::attach_read_only(path)?;
-    crate::segment::identify(map.region()).map(|_| ())
+    identify(map.region()).map(|_| ()).map_err(AttachError::from)
 }
 
 fn examine(path: &Path, remove: bool) -> FileState {

@@ -4,9 +4,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use shm_primitives::header::{offsets as hdr, HeaderError};
+use shm_primitives::header::offsets as hdr;
 use shm_primitives::layout::LayoutError;
 use shm_primitives::peer::PeerState;
+use shm_primitives::validate::HeaderError;
 use vox_shm::segment::{AttachError, CreateError, CreateOptions, PeerError, Segment, SegmentConfig};
 use vox_shm::{Features, FileCleanup, PeerId, SizeClassConfig};
 

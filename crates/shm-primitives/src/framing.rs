@@ -13,9 +13,9 @@
 //! Header and body are copied out of shared memory once, with single reads, and
 //! only the copies are validated and used.
 
-use shm_primitives::bipbuf::ReadRegion;
-use shm_primitives::region::align4;
-use shm_primitives::varslot::SlotRef;
+use crate::bipbuf::ReadRegion;
+use crate::region::align4;
+use crate::varslot::SlotRef;
 
 /// Flag bit 0: the body is a slot reference.
 pub const FLAG_SLOT_REF: u8 = 0x01;
