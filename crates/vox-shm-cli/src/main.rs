@@ -11,7 +11,6 @@ mod bench;
 mod clean;
 mod demo;
 mod inspect;
-mod svg;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,6 +3,8 @@
 //! with the ratio between them.
 
 mod endpoint;
+mod model;
+mod svg;
 mod wire;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -10,14 +12,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use shm_primitives_async::fd;
 use vox_shm::host::{spawn_guest_with, GuestArgs, HostHub};
-use vox_shm::{Features, Link, LinkOptions, Segment, SegmentConfig, SizeClassConfig, WaitStrategy};
+use vox_shm::{Features, Link, LinkOptions, Segment, SegmentConfig, SizeClassConfig};
 
-use crate::demo::human_size;
 use crate::{runtime, Res};
 use endpoint::{Rx, Tx};
+use model::ratio;
+pub use model::{Case, CaseResult, Kind, Measured, Pool, Transport};
 
 /// Options of `vox-shm bench`.
 #[derive(Debug, clap::Args)]
@@ -37,124 +38,6 @@ pub struct BenchArgs {
     /// Seconds after which a case is killed and reported as failed.
     #[arg(long, default_value_t = 120)]
     pub case_timeout: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// Ping-pong: latency percentiles.
-    RoundTrip,
-    /// One way, host to guest: throughput.
-    Stream,
-    /// Both ways at once: throughput (messages in both directions).
-    Duplex,
-    /// Request/response shaped like an RPC framework: `callers` concurrent
-    /// callers, a writer task, a reader task that dispatches the responses,
-    /// and an unrelated busy task, all on one `current_thread` runtime;
-    /// calls per second and per-call latency.
-    Rpc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// tokio UnixStream, 4-byte length prefix.
-    Uds,
-    /// vox-shm, sleeping on the doorbell at once.
-    ShmPark,
-    /// vox-shm, polling up to 50 µs before sleeping (the default).
-    ShmSpin,
-    /// vox-shm, never sleeping.
-    ShmBusyPoll,
-}
-
-impl Transport {
-    fn wait(self) -> WaitStrategy {
-        match self {
-            Transport::ShmPark => WaitStrategy::Park,
-            Transport::ShmBusyPoll => WaitStrategy::BusyPoll,
-            _ => WaitStrategy::default(),
-        }
-    }
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Uds => "unix-stream",
-            Transport::ShmPark => "shm park",
-            Transport::ShmSpin => "shm spin",
-            Transport::ShmBusyPoll => "shm busy-poll",
-        }
-    }
-}
-
-/// Which slot classes the segment has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pool {
-    /// Slots up to 2 MiB: 1 MiB payloads use the slot tier.
-    Slots,
-    /// Slots up to 128 KiB: 1 MiB payloads use the mapping tier.
-    MappingTier,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Case {
-    pub kind: Kind,
-    pub size: usize,
-    pub count: u64,
-    pub transport: Transport,
-    pub pool: Pool,
-    /// Concurrent callers (`Rpc` only).
-    #[serde(default)]
-    pub callers: u32,
-    /// Host and guest both pinned to one CPU (as `taskset -c 0` would).
-    #[serde(default)]
-    pub one_cpu: bool,
-}
-
-impl Case {
-    pub fn workload(&self) -> String {
-        let kind = match self.kind {
-            Kind::RoundTrip => "round trip",
-            Kind::Stream => "stream",
-            Kind::Duplex => "full duplex",
-            Kind::Rpc => return format!("rpc {} x{} callers +busy", human_size(self.size), self.callers),
-        };
-        let tier = if self.pool == Pool::MappingTier { " (mapping tier)" } else { "" };
-        let cpu = if self.one_cpu { " (one CPU)" } else { "" };
-        format!("{kind} {}{tier}{cpu}", human_size(self.size))
-    }
-    pub fn name(&self) -> String {
-        format!("{} / {}", self.workload(), self.transport.label())
-    }
-}
-
-/// What the host process of a case reports.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Measured {
-    /// Round-trip percentiles (ns).
-    pub p50_ns: u64,
-    pub p99_ns: u64,
-    pub p999_ns: u64,
-    /// Messages per second (both directions for duplex).
-    pub msgs_per_s: f64,
-    /// Payload bytes per second.
-    pub bytes_per_s: f64,
-    /// Doorbell signals the host wrote (vox-shm only).
-    pub host_signals: u64,
-    pub messages: u64,
-    pub elapsed_s: f64,
-    /// Round-trip deciles p10..p90 (ns), to see the shape of the distribution.
-    #[serde(default)]
-    pub deciles_ns: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CaseResult {
-    pub case: Case,
-    pub workload: String,
-    pub transport: String,
-    pub measured: Option<Measured>,
-    pub error: Option<String>,
 }
 
 fn classes(pool: Pool) -> &'static [SizeClassConfig] {
@@ -240,7 +123,7 @@ pub fn run(args: BenchArgs) -> Res {
         println!("wrote {}", p.display());
     }
     if let Some(p) = &args.svg {
-        std::fs::write(p, crate::svg::chart(&results))?;
+        std::fs::write(p, svg::chart(&results))?;
         println!("wrote {}", p.display());
     }
     let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).map(|r| r.case.name()).collect();
@@ -330,7 +213,7 @@ pub fn host(case_json: &str) -> Res {
                 // SAFETY: runs in the forked child before exec; `fcntl` only, on a
                 // descriptor open in the parent until after `spawn`.
                 unsafe {
-                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || fd::clear_cloexec_raw(raw));
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || keep_across_exec(raw));
                 }
                 let child = cmd.spawn()?;
                 drop(theirs);
@@ -525,8 +408,7 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
     let case: Case = serde_json::from_str(case_json)?;
     runtime()?.block_on(async {
         let (tx, rx) = if let Some(a) = rest.iter().find_map(|a| a.strip_prefix("--uds-fd=")) {
-            let raw = fd::parse_fd_arg(a)?;
-            fd::validate_fd(raw)?;
+            let raw = inherited_fd(a)?;
             // SAFETY: inherited for us by the bench host and adopted once here.
             let sock = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
             sock.set_nonblocking(true)?;
@@ -612,27 +494,6 @@ fn fmt_rate(m: &Measured, case: &Case) -> String {
     }
 }
 
-/// The speed-up of a vox-shm result over the UnixStream result of the same
-/// workload (latency: uds/shm at p50; throughput: shm/uds).
-pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
-    let m = r.measured.as_ref()?;
-    let base = all
-        .iter()
-        .find(|b| {
-            b.case.transport == Transport::Uds
-                && b.case.kind == r.case.kind
-                && b.case.size == r.case.size
-                && b.case.callers == r.case.callers
-                && b.case.one_cpu == r.case.one_cpu
-        })?
-        .measured
-        .as_ref()?;
-    Some(match r.case.kind {
-        Kind::RoundTrip => base.p50_ns as f64 / m.p50_ns.max(1) as f64,
-        _ => m.msgs_per_s / base.msgs_per_s.max(1e-9),
-    })
-}
-
 pub fn render_table(results: &[CaseResult]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -680,4 +541,25 @@ pub fn render_table(results: &[CaseResult]) -> String {
         }
     }
     s
+}
+
+/// Lets `fd` survive the `exec` of the guest (in the forked child only): the
+/// socket baseline's descriptor, passed by number. (vox-shm's own descriptors
+/// travel with `spawn_guest`.)
+fn keep_across_exec(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: `fcntl` on a descriptor number; no memory is passed.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The descriptor number the bench host passed, checked to be open.
+fn inherited_fd(arg: &str) -> Res<std::os::fd::RawFd> {
+    let fd: std::os::fd::RawFd = arg.parse().map_err(|_| format!("--uds-fd={arg} is not a descriptor number"))?;
+    // SAFETY: `fcntl(F_GETFD)` only reads the descriptor's flags.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(format!("--uds-fd={arg}: no such open descriptor").into());
+    }
+    Ok(fd)
 }

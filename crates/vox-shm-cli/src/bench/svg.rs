@@ -1,7 +1,7 @@
 //! A self-contained SVG chart of the benchmark: one bar per vox-shm case,
 //! its speed-up over the UnixStream baseline on a log scale.
 
-use crate::bench::{ratio, CaseResult, Transport};
+use super::model::{ratio, CaseResult, Transport};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")

@@ -1,0 +1,146 @@
+//! What a benchmark case is, what it measured, and how it compares with the
+//! UnixStream baseline: the types the runner, the table and the chart share.
+
+use serde::{Deserialize, Serialize};
+use vox_shm::WaitStrategy;
+
+use crate::demo::human_size;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Ping-pong: latency percentiles.
+    RoundTrip,
+    /// One way, host to guest: throughput.
+    Stream,
+    /// Both ways at once: throughput (messages in both directions).
+    Duplex,
+    /// Request/response shaped like an RPC framework: `callers` concurrent
+    /// callers, a writer task, a reader task that dispatches the responses,
+    /// and an unrelated busy task, all on one `current_thread` runtime;
+    /// calls per second and per-call latency.
+    Rpc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// tokio UnixStream, 4-byte length prefix.
+    Uds,
+    /// vox-shm, sleeping on the doorbell at once.
+    ShmPark,
+    /// vox-shm, polling up to 50 µs before sleeping (the default).
+    ShmSpin,
+    /// vox-shm, never sleeping.
+    ShmBusyPoll,
+}
+
+impl Transport {
+    pub fn wait(self) -> WaitStrategy {
+        match self {
+            Transport::ShmPark => WaitStrategy::Park,
+            Transport::ShmBusyPoll => WaitStrategy::BusyPoll,
+            _ => WaitStrategy::default(),
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Uds => "unix-stream",
+            Transport::ShmPark => "shm park",
+            Transport::ShmSpin => "shm spin",
+            Transport::ShmBusyPoll => "shm busy-poll",
+        }
+    }
+}
+
+/// Which slot classes the segment has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// Slots up to 2 MiB: 1 MiB payloads use the slot tier.
+    Slots,
+    /// Slots up to 128 KiB: 1 MiB payloads use the mapping tier.
+    MappingTier,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Case {
+    pub kind: Kind,
+    pub size: usize,
+    pub count: u64,
+    pub transport: Transport,
+    pub pool: Pool,
+    /// Concurrent callers (`Rpc` only).
+    #[serde(default)]
+    pub callers: u32,
+    /// Host and guest both pinned to one CPU (as `taskset -c 0` would).
+    #[serde(default)]
+    pub one_cpu: bool,
+}
+
+impl Case {
+    pub fn workload(&self) -> String {
+        let kind = match self.kind {
+            Kind::RoundTrip => "round trip",
+            Kind::Stream => "stream",
+            Kind::Duplex => "full duplex",
+            Kind::Rpc => return format!("rpc {} x{} callers +busy", human_size(self.size), self.callers),
+        };
+        let tier = if self.pool == Pool::MappingTier { " (mapping tier)" } else { "" };
+        let cpu = if self.one_cpu { " (one CPU)" } else { "" };
+        format!("{kind} {}{tier}{cpu}", human_size(self.size))
+    }
+    pub fn name(&self) -> String {
+        format!("{} / {}", self.workload(), self.transport.label())
+    }
+}
+
+/// What the host process of a case reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Measured {
+    /// Round-trip percentiles (ns).
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    /// Messages per second (both directions for duplex).
+    pub msgs_per_s: f64,
+    /// Payload bytes per second.
+    pub bytes_per_s: f64,
+    /// Doorbell signals the host wrote (vox-shm only).
+    pub host_signals: u64,
+    pub messages: u64,
+    pub elapsed_s: f64,
+    /// Round-trip deciles p10..p90 (ns), to see the shape of the distribution.
+    #[serde(default)]
+    pub deciles_ns: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case: Case,
+    pub workload: String,
+    pub transport: String,
+    pub measured: Option<Measured>,
+    pub error: Option<String>,
+}
+
+/// The speed-up of a vox-shm result over the UnixStream result of the same
+/// workload (latency: uds/shm at p50; throughput: shm/uds).
+pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
+    let m = r.measured.as_ref()?;
+    let base = all
+        .iter()
+        .find(|b| {
+            b.case.transport == Transport::Uds
+                && b.case.kind == r.case.kind
+                && b.case.size == r.case.size
+                && b.case.callers == r.case.callers
+                && b.case.one_cpu == r.case.one_cpu
+        })?
+        .measured
+        .as_ref()?;
+    Some(match r.case.kind {
+        Kind::RoundTrip => base.p50_ns as f64 / m.p50_ns.max(1) as f64,
+        _ => m.msgs_per_s / base.msgs_per_s.max(1e-9),
+    })
+}
