@@ -213,7 +213,7 @@ impl Doorbell {
     /// event tick, and each later signal raises a new edge-triggered event
     /// whether or not older bytes are queued, so the read is one system call
     /// per wake-up that tells us nothing. The bytes are read once
-    /// [`DRAIN_AFTER_ANNOUNCED`] sleeps were announced since the last read
+    /// 16 sleeps (`DRAIN_AFTER_ANNOUNCED`) were announced since the last read
     /// ([`Doorbell::note_announced`]), and always when the peer hung up (the
     /// drain then reports it). A lazy wake-up reports one byte.
     pub async fn readable(&self, rings: Rings) -> io::Result<Drained> {

@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use vox_shm::{Link, LinkOptions, LinkRx, LinkTx, ShmLinkRx, ShmLinkRxError, ShmLinkTx};
+use vox_shm::varslot::SlotError;
+use vox_shm::{BadSlotRefReason, Link, LinkOptions, LinkRx, LinkTx, ShmLinkRx, ShmLinkRxError, ShmLinkTx};
 use vox_shm_testkit::check_payload;
 use vox_shm_testkit::harness::{echo_round_trip, finish, hub, mixed, recv, send, spawn, spawn_opts, SMALL_POOL};
 
@@ -46,6 +47,7 @@ async fn every_hostile_guest_fails_only_its_own_link() {
         ("garbage", 0, "CorruptFrame"),
         ("huge-len", 0, "CorruptFrame"),
         ("bad-slot", 0, "BadSlotRef"),
+        ("unheld-slot", 0, "BadSlotRef"),
         ("bad-mmap", 0, "MmapResolve"),
         ("bad-control", 0, "MmapResolve"),
         ("unsealed-mmap", 0, "MmapResolve"),
@@ -64,6 +66,18 @@ async fn every_hostile_guest_fails_only_its_own_link() {
         assert!(format!("{err:?}").starts_with(want), "{kind}: got {err:?}");
         let again = recv(&mut bad_rx).await.expect_err("the failed link stays failed");
         assert!(matches!(again, ShmLinkRxError::Failed(_)), "{kind}: {again:?}");
+        assert_eq!(again.root(), &err, "{kind}: the failed link keeps the typed cause");
+        if let ShmLinkRxError::BadSlotRef { reason, .. } = &err {
+            let typed = match kind {
+                "bad-slot" => matches!(reason, BadSlotRefReason::Invalid(SlotError::BadClass { class_idx: 200, .. })),
+                _ => matches!(reason, BadSlotRefReason::NotHeldByPeer { state: 0, .. }),
+            };
+            assert!(typed, "{kind}: {reason:?}");
+        }
+        // `?` into io::Error keeps the typed error as the source.
+        let io: std::io::Error = err.clone().into();
+        assert_eq!(io.kind(), std::io::ErrorKind::InvalidData, "{kind}");
+        assert_eq!(io.get_ref().and_then(|e| e.downcast_ref::<ShmLinkRxError>()), Some(&err), "{kind}");
         // The honest guest is unaffected.
         honest.exchange(50).await;
         bad_child.kill().unwrap();

@@ -35,8 +35,8 @@ use shm_primitives_async::control::{self, MMAP_CONTROL_ARG_NAME};
 use shm_primitives_async::doorbell::{self, DoorbellHandle};
 use shm_primitives_async::fd;
 
-use crate::segment::Segment;
-use crate::shm_link::{LinkOptions, ShmLink};
+use crate::segment::{AttachError, CreateError, PeerError, Segment};
+use crate::shm_link::{LinkError, LinkOptions, ShmLink};
 
 /// Argument naming the segment file (0.3.1 guests attach by path).
 pub const HUB_PATH_ARG: &str = "--hub-path";
@@ -54,11 +54,11 @@ pub const MMAP_TX_FD_ENV: &str = "SHM_MMAP_TX_FD";
 /// ([`BootstrapServer`](crate::bootstrap::BootstrapServer)) serve either.
 pub trait GuestSlots {
     /// Reserves a slot for one guest and creates its descriptors.
-    fn prepare_peer(&self) -> io::Result<PreparedPeer>;
+    fn prepare_peer(&self) -> Result<PreparedPeer, HostError>;
 }
 
 impl GuestSlots for HostHub {
-    fn prepare_peer(&self) -> io::Result<PreparedPeer> {
+    fn prepare_peer(&self) -> Result<PreparedPeer, HostError> {
         HostHub::prepare_peer(self)
     }
 }
@@ -82,12 +82,10 @@ impl HostHub {
 
     /// Reserves a guest slot and creates the descriptors for it. Slots of
     /// guests that left and are no longer served are recovered first.
-    pub fn prepare_peer(&self) -> io::Result<PreparedPeer> {
+    pub fn prepare_peer(&self) -> Result<PreparedPeer, HostError> {
         self.segment.reclaim_departed_peers();
-        let peer_id = self
-            .segment
-            .reserve_peer()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::ResourceBusy, "no free SHM peer slots"))?;
+        let peer_id =
+            self.segment.reserve_peer().ok_or(HostError::NoFreePeerSlots { max_guests: self.segment.max_guests() })?;
         let made = (|| {
             let (host_bell, guest_bell) = doorbell::create_pair()?;
             let (host_ctl, guest_ctl) = control::create_pair()?;
@@ -99,7 +97,7 @@ impl HostHub {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.segment.release_reserved_peer(peer_id);
-                return Err(e);
+                return Err(HostError::Sockets(e));
             }
         };
         Ok(PreparedPeer {
@@ -154,12 +152,12 @@ impl HostPeer {
     }
 
     /// Builds the host's link (inside a tokio runtime).
-    pub fn into_link(self) -> io::Result<ShmLink> {
+    pub fn into_link(self) -> Result<ShmLink, LinkError> {
         self.into_link_with(LinkOptions::default())
     }
 
     /// Builds the host's link with options.
-    pub fn into_link_with(mut self, options: LinkOptions) -> io::Result<ShmLink> {
+    pub fn into_link_with(mut self, options: LinkOptions) -> Result<ShmLink, LinkError> {
         let (bell, ctl_tx, ctl_rx) = self.parts.take().expect("parts are taken once");
         ShmLink::new(Side::Host, self.segment.clone(), self.peer_id, bell, ctl_tx, ctl_rx, options)
     }
@@ -215,14 +213,18 @@ impl GuestSpawnTicket {
 /// and `SHM_MMAP_TX_FD=N` — the arguments of vox-shm 0.3.1 guests plus the
 /// segment descriptor. Only this child inherits those descriptors. The guest
 /// side turns them into a link with [`GuestArgs`].
-pub fn spawn_guest(hub: &impl GuestSlots, cmd: Command) -> io::Result<(ShmLink, Child)> {
+pub fn spawn_guest(hub: &impl GuestSlots, cmd: Command) -> Result<(ShmLink, Child), HostError> {
     spawn_guest_with(hub, cmd, LinkOptions::default())
 }
 
 /// [`spawn_guest`] with link options for the host's end.
-pub fn spawn_guest_with(hub: &impl GuestSlots, mut cmd: Command, options: LinkOptions) -> io::Result<(ShmLink, Child)> {
+pub fn spawn_guest_with(
+    hub: &impl GuestSlots,
+    mut cmd: Command,
+    options: LinkOptions,
+) -> Result<(ShmLink, Child), HostError> {
     let (host, ticket) = hub.prepare_peer()?.into_parts();
-    let segment_fd = host.segment().try_clone_fd()?;
+    let segment_fd = host.segment().try_clone_fd().map_err(HostError::Sockets)?;
     if let Some(path) = host.segment().path() {
         cmd.arg(format!("{HUB_PATH_ARG}={}", path.display()));
     }
@@ -250,7 +252,7 @@ pub fn spawn_guest_with(hub: &impl GuestSlots, mut cmd: Command, options: LinkOp
         });
     }
     let link = host.into_link_with(options)?;
-    let child = cmd.spawn()?;
+    let child = cmd.spawn().map_err(HostError::Spawn)?;
     // The parent's copies of the guest's ends close here.
     drop((ticket, segment_fd));
     Ok((link, child))
@@ -263,7 +265,7 @@ pub fn guest_link_from_ticket(
     segment: Arc<Segment>,
     ticket: GuestSpawnTicket,
     claim_reserved: bool,
-) -> io::Result<ShmLink> {
+) -> Result<ShmLink, HostError> {
     guest_link_from_ticket_with(segment, ticket, claim_reserved, LinkOptions::default())
 }
 
@@ -273,7 +275,7 @@ pub fn guest_link_from_ticket_with(
     ticket: GuestSpawnTicket,
     claim_reserved: bool,
     options: LinkOptions,
-) -> io::Result<ShmLink> {
+) -> Result<ShmLink, HostError> {
     let GuestSpawnTicket { peer_id, doorbell, mmap_rx, mmap_tx_fd } = ticket;
     guest_link_from_parts(segment, peer_id, doorbell, mmap_tx_fd, mmap_rx, claim_reserved, options)
 }
@@ -286,15 +288,15 @@ fn guest_link_from_parts(
     ctl_rx: OwnedFd,
     claim_reserved: bool,
     options: LinkOptions,
-) -> io::Result<ShmLink> {
+) -> Result<ShmLink, HostError> {
     if claim_reserved {
         let entry = segment
             .peer_entry(peer)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist")))?;
+            .ok_or(PeerError::NoSuchPeer { peer: peer.get(), max_guests: segment.max_guests() })?;
         crate::shm_link::publish_guest_words(entry, options.features);
-        segment.claim_peer(peer).map_err(|e| io::Error::other(format!("failed to claim reserved peer: {e}")))?;
+        segment.claim_peer(peer)?;
     }
-    ShmLink::new(Side::Guest, segment, peer, bell, ctl_tx, ctl_rx, options)
+    Ok(ShmLink::new(Side::Guest, segment, peer, bell, ctl_tx, ctl_rx, options)?)
 }
 
 /// Builds a guest's link from inherited descriptor numbers (vox-shm 0.3.1's
@@ -310,13 +312,13 @@ pub unsafe fn guest_link_from_raw(
     mmap_rx_fd: RawFd,
     mmap_tx_fd: RawFd,
     claim_reserved: bool,
-) -> io::Result<ShmLink> {
+) -> Result<ShmLink, HostError> {
     // SAFETY: forwarded to the caller's contract.
     let (bell, rx, tx) = unsafe {
         (
-            DoorbellHandle::from_fd(fd::adopt_fd(doorbell_fd, Some(libc::SOCK_STREAM))?),
-            control::adopt(mmap_rx_fd)?,
-            control::adopt(mmap_tx_fd)?,
+            DoorbellHandle::from_fd(fd::adopt_fd(doorbell_fd, Some(libc::SOCK_STREAM)).map_err(HostError::Adopt)?),
+            control::adopt(mmap_rx_fd).map_err(HostError::Adopt)?,
+            control::adopt(mmap_tx_fd).map_err(HostError::Adopt)?,
         )
     };
     guest_link_from_parts(segment, peer_id, bell, tx, rx, claim_reserved, LinkOptions::default())
@@ -341,8 +343,12 @@ pub struct GuestArgs {
 
 static GUEST_ARGS_ADOPTED: AtomicBool = AtomicBool::new(false);
 
-fn bad_arg(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
+fn fd_value(name: &'static str, value: &str) -> Result<RawFd, GuestArgError> {
+    fd::parse_fd_arg(value).map_err(|_| GuestArgError::BadValue {
+        name,
+        value: value.to_string(),
+        problem: "not a descriptor number",
+    })
 }
 
 impl GuestArgs {
@@ -351,7 +357,7 @@ impl GuestArgs {
     pub fn parse<I: IntoIterator<Item = String>>(
         args: I,
         mmap_tx_env: Option<String>,
-    ) -> io::Result<(GuestArgs, Vec<String>)> {
+    ) -> Result<(GuestArgs, Vec<String>), GuestArgError> {
         let mut rest = Vec::new();
         let (mut hub, mut seg, mut peer, mut bell, mut ctl) = (None, None, None, None, None);
         let mut it = args.into_iter();
@@ -361,41 +367,42 @@ impl GuestArgs {
                 None => (a.clone(), None),
             };
             let known = [HUB_PATH_ARG, SEGMENT_FD_ARG, PEER_ID_ARG, DoorbellHandle::ARG_NAME, MMAP_CONTROL_ARG_NAME];
-            if !known.contains(&name.as_str()) {
+            let Some(&name) = known.iter().find(|k| **k == name) else {
                 rest.push(a);
                 continue;
-            }
+            };
             let value = match inline_value {
                 Some(v) => v,
-                None => it.next().ok_or_else(|| bad_arg(format!("{name} needs a value")))?,
+                None => it.next().ok_or(GuestArgError::NoValue { name })?,
             };
-            match name.as_str() {
+            match name {
                 HUB_PATH_ARG => hub = Some(PathBuf::from(value)),
-                SEGMENT_FD_ARG => seg = Some(fd::parse_fd_arg(&value)?),
+                SEGMENT_FD_ARG => seg = Some(fd_value(name, &value)?),
                 PEER_ID_ARG => {
-                    let n: u8 = value.parse().map_err(|_| bad_arg(format!("bad peer id {value:?}")))?;
-                    peer = Some(PeerId::new(n).ok_or_else(|| bad_arg("peer id must be 1..=255".into()))?);
+                    let id = value.parse().ok().and_then(PeerId::new);
+                    peer =
+                        Some(id.ok_or(GuestArgError::BadValue { name, value, problem: "not a peer id in 1..=255" })?);
                 }
-                n if n == DoorbellHandle::ARG_NAME => bell = Some(fd::parse_fd_arg(&value)?),
-                _ => ctl = Some(fd::parse_fd_arg(&value)?),
+                n if n == DoorbellHandle::ARG_NAME => bell = Some(fd_value(name, &value)?),
+                _ => ctl = Some(fd_value(name, &value)?),
             }
         }
         if hub.is_none() && seg.is_none() {
-            return Err(bad_arg(format!("missing {HUB_PATH_ARG} or {SEGMENT_FD_ARG}")));
+            return Err(GuestArgError::Missing { name: "--hub-path or --segment-fd" });
         }
         let args = GuestArgs {
             hub_path: hub,
             segment_fd: seg,
-            peer_id: peer.ok_or_else(|| bad_arg(format!("missing {PEER_ID_ARG}")))?,
-            doorbell_fd: bell.ok_or_else(|| bad_arg(format!("missing {}", DoorbellHandle::ARG_NAME)))?,
-            mmap_control_fd: ctl.ok_or_else(|| bad_arg(format!("missing {MMAP_CONTROL_ARG_NAME}")))?,
-            mmap_tx_fd: mmap_tx_env.map(|v| fd::parse_fd_arg(&v)).transpose()?,
+            peer_id: peer.ok_or(GuestArgError::Missing { name: PEER_ID_ARG })?,
+            doorbell_fd: bell.ok_or(GuestArgError::Missing { name: DoorbellHandle::ARG_NAME })?,
+            mmap_control_fd: ctl.ok_or(GuestArgError::Missing { name: MMAP_CONTROL_ARG_NAME })?,
+            mmap_tx_fd: mmap_tx_env.map(|v| fd_value(MMAP_TX_FD_ENV, &v)).transpose()?,
         };
         Ok((args, rest))
     }
 
     /// Parses this process's own arguments and environment.
-    pub fn from_env() -> io::Result<(GuestArgs, Vec<String>)> {
+    pub fn from_env() -> Result<(GuestArgs, Vec<String>), GuestArgError> {
         Self::parse(std::env::args().skip(1), std::env::var(MMAP_TX_FD_ENV).ok())
     }
 
@@ -407,33 +414,120 @@ impl GuestArgs {
     /// The descriptor numbers must name descriptors inherited for this guest
     /// that nothing else in the process owns (true for the arguments
     /// [`spawn_guest`] passes, read at start-up).
-    pub unsafe fn connect(&self, options: LinkOptions) -> io::Result<(Arc<Segment>, ShmLink)> {
+    pub unsafe fn connect(&self, options: LinkOptions) -> Result<(Arc<Segment>, ShmLink), HostError> {
         if GUEST_ARGS_ADOPTED.swap(true, Ordering::AcqRel) {
-            return Err(io::Error::other("guest descriptors were already adopted by this process"));
+            return Err(HostError::AlreadyAdopted);
         }
         let segment = match (self.segment_fd, &self.hub_path) {
             // SAFETY: the caller's contract: inherited for us, owned by nothing else.
-            (Some(n), _) => Segment::attach_fd(unsafe { fd::adopt_fd(n, None) }?),
+            (Some(n), _) => Segment::attach_fd(unsafe { fd::adopt_fd(n, None) }.map_err(HostError::Adopt)?),
             (None, Some(p)) => Segment::attach(p),
-            (None, None) => unreachable!("parse requires one"),
-        }
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            (None, None) => return Err(GuestArgError::Missing { name: "--hub-path or --segment-fd" }.into()),
+        }?;
         let segment = Arc::new(segment);
         // SAFETY: as above.
-        let bell = DoorbellHandle::from_fd(unsafe { fd::adopt_fd(self.doorbell_fd, Some(libc::SOCK_STREAM)) }?);
+        let bell = unsafe { fd::adopt_fd(self.doorbell_fd, Some(libc::SOCK_STREAM)) }.map_err(HostError::Adopt)?;
+        let bell = DoorbellHandle::from_fd(bell);
         // SAFETY: as above.
-        let rx = unsafe { control::adopt(self.mmap_control_fd) }?;
+        let rx = unsafe { control::adopt(self.mmap_control_fd) }.map_err(HostError::Adopt)?;
         let tx = match self.mmap_tx_fd {
             // SAFETY: as above.
-            Some(n) => unsafe { control::adopt(n) }?,
+            Some(n) => unsafe { control::adopt(n) }.map_err(HostError::Adopt)?,
             // The channel is bidirectional: a duplicate of the receiving end
             // sends (spec B10), no inherited descriptor needed.
-            None => rx.as_fd().try_clone_to_owned()?,
+            None => rx.as_fd().try_clone_to_owned().map_err(HostError::Adopt)?,
         };
         let link = guest_link_from_parts(segment.clone(), self.peer_id, bell, tx, rx, true, options)?;
         Ok((segment, link))
     }
 }
+
+/// Why a guest's command-line arguments could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestArgError {
+    /// `--name` was last, with no value after it.
+    #[error("{name} needs a value")]
+    NoValue {
+        /// The argument.
+        name: &'static str,
+    },
+    /// A required argument is absent.
+    #[error("missing {name}")]
+    Missing {
+        /// The argument (or the alternatives).
+        name: &'static str,
+    },
+    /// An argument's value is malformed.
+    #[error("bad {name} value {value:?}: {problem}")]
+    BadValue {
+        /// The argument.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+/// Why setting up a guest failed, on either side: reserving its slot,
+/// creating or adopting its descriptors, starting it, or building its link.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Every guest slot of the segment is taken (guests that left are
+    /// recovered first).
+    #[error("no free SHM peer slots (all {max_guests} are taken)")]
+    NoFreePeerSlots {
+        /// The segment's guest slots.
+        max_guests: u8,
+    },
+    /// The guest's doorbell or control sockets could not be created.
+    #[error("cannot create the guest's sockets: {0}")]
+    Sockets(#[source] io::Error),
+    /// The guest process could not be started.
+    #[error("cannot start the guest: {0}")]
+    Spawn(#[source] io::Error),
+    /// An inherited descriptor is not what it should be (closed, or not a
+    /// socket of the right type).
+    #[error("cannot adopt an inherited descriptor: {0}")]
+    Adopt(#[source] io::Error),
+    /// The guest's arguments are malformed.
+    #[error(transparent)]
+    Args(#[from] GuestArgError),
+    /// The inherited descriptors were already adopted by this process: a
+    /// guest connects once.
+    #[error("guest descriptors were already adopted by this process")]
+    AlreadyAdopted,
+    /// The segment could not be attached.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// A segment could not be created.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// The peer slot refused the operation (claimed already, say).
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The link could not be built.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+impl HostError {
+    /// The `io::ErrorKind` it converts to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            HostError::NoFreePeerSlots { .. } => io::ErrorKind::ResourceBusy,
+            HostError::Sockets(io) | HostError::Spawn(io) | HostError::Adopt(io) => io.kind(),
+            HostError::Args(_) => io::ErrorKind::InvalidInput,
+            HostError::AlreadyAdopted => io::ErrorKind::AlreadyExists,
+            HostError::Attach(e) => e.kind(),
+            HostError::Create(e) => e.kind(),
+            HostError::Peer(e) => e.kind(),
+            HostError::Link(e) => e.kind(),
+        }
+    }
+}
+
+crate::io_error::into_io_error!(HostError);
 
 /// Options for [`ShmHost::add_peer`] (none yet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -460,19 +554,19 @@ impl ShmHost {
     }
 
     /// Reserves a slot for a new guest.
-    pub fn add_peer(&self, _opts: AddPeerOptions) -> io::Result<PreparedPeer> {
+    pub fn add_peer(&self, _opts: AddPeerOptions) -> Result<PreparedPeer, HostError> {
         self.hub.prepare_peer()
     }
 
     /// Spawns `cmd` as a new guest (see [`spawn_guest`]).
-    pub fn spawn_guest(&self, cmd: Command) -> io::Result<(ShmLink, Child)> {
+    pub fn spawn_guest(&self, cmd: Command) -> Result<(ShmLink, Child), HostError> {
         spawn_guest(&self.hub, cmd)
     }
 }
 
 /// A host link and a guest link over real descriptors, in this process (for
 /// tests and examples). Must run inside a tokio runtime.
-pub async fn create_test_link_pair(segment: Arc<Segment>) -> io::Result<(ShmLink, ShmLink)> {
+pub async fn create_test_link_pair(segment: Arc<Segment>) -> Result<(ShmLink, ShmLink), HostError> {
     create_test_link_pair_with(segment, LinkOptions::default(), LinkOptions::default()).await
 }
 
@@ -481,7 +575,7 @@ pub async fn create_test_link_pair_with(
     segment: Arc<Segment>,
     host: LinkOptions,
     guest: LinkOptions,
-) -> io::Result<(ShmLink, ShmLink)> {
+) -> Result<(ShmLink, ShmLink), HostError> {
     let (host_peer, ticket) = HostHub::new(segment.clone()).prepare_peer()?.into_parts();
     let host_link = host_peer.into_link_with(host)?;
     let guest_link = guest_link_from_parts(

@@ -24,13 +24,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::io;
 use std::sync::Arc;
 
 use shm_primitives::varslot::SizeClassConfig;
 use shm_primitives::Features;
 
-use crate::host::{GuestSlots, HostHub, PreparedPeer};
+use crate::host::{GuestSlots, HostError, HostHub, PreparedPeer};
 use crate::segment::{Segment, SegmentConfig};
 
 /// The geometry every guest's own segment gets.
@@ -89,7 +88,7 @@ impl IsolatedHub {
 impl GuestSlots for IsolatedHub {
     /// Creates the guest's segment (one slot, its own rings and pool) and
     /// reserves its slot. The segment lives as long as the links to it.
-    fn prepare_peer(&self) -> io::Result<PreparedPeer> {
+    fn prepare_peer(&self) -> Result<PreparedPeer, HostError> {
         let c = &*self.config;
         let config = SegmentConfig {
             max_guests: 1,
@@ -99,7 +98,7 @@ impl GuestSlots for IsolatedHub {
             heartbeat_interval: c.heartbeat_interval,
             size_classes: &c.size_classes,
         };
-        let segment = Segment::create_anonymous(config, c.host_features).map_err(io::Error::other)?;
+        let segment = Segment::create_anonymous(config, c.host_features)?;
         HostHub::new(Arc::new(segment)).prepare_peer()
     }
 }

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub use shm_primitives::framing;
 pub mod host;
 pub mod inspect;
+mod io_error;
 pub mod isolation;
 pub mod link;
 pub mod mmap_registry;
@@ -28,15 +29,18 @@ pub mod peer_table {
     pub use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable, Side, PEER_ENTRY_SIZE};
 }
 
+pub use bootstrap::BootstrapError;
 pub use host::{
-    create_test_link_pair, guest_link_from_raw, guest_link_from_ticket, spawn_guest, AddPeerOptions, GuestArgs,
-    GuestSlots, GuestSpawnTicket, HostHub, HostPeer, MultiPeerHostDriver, PreparedPeer, ShmHost,
+    create_test_link_pair, create_test_link_pair_with, guest_link_from_raw, guest_link_from_ticket, spawn_guest,
+    AddPeerOptions, GuestArgError, GuestArgs, GuestSlots, GuestSpawnTicket, HostError, HostHub, HostPeer,
+    MultiPeerHostDriver, PreparedPeer, ShmHost,
 };
 pub use link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, SplitLink, TransportMode, WriteSlot};
-pub use segment::{AttachError, CreateError, CreateOptions, PeerError, Segment, SegmentConfig};
+pub use mmap_registry::{MmapAllocError, MmapResolveError};
+pub use segment::{AttachError, CreateError, CreateOptions, GrowError, PeerError, Segment, SegmentConfig};
 pub use shm_link::{
-    LinkOptions, ShmLink, ShmLinkRx, ShmLinkRxError, ShmLinkTx, ShmTransportStatsSnapshot, ShmTxPermit, ShmWriteSlot,
-    WaitStrategy,
+    BadSlotRefReason, LinkError, LinkOptions, ShmLink, ShmLinkRx, ShmLinkRxError, ShmLinkTx, ShmLinkTxError,
+    ShmTransportStatsSnapshot, ShmTxPermit, ShmWriteSlot, WaitStrategy,
 };
 pub use shm_primitives::layout::SegmentLayout;
 pub use shm_primitives::mmap::FileCleanup;

@@ -53,8 +53,8 @@ mod negotiation {
     use vox_shm::host::{create_test_link_pair_with, HostHub};
     use vox_shm::segment::RingEnd;
     use vox_shm::{
-        Features, FileCleanup, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLinkRxError,
-        SizeClassConfig, WaitStrategy, WriteSlot,
+        Features, FileCleanup, Link, LinkOptions, LinkRx, Segment, SegmentConfig, ShmLinkRxError, SizeClassConfig,
+        WaitStrategy, WriteSlot,
     };
 
     fn segment(dir: &std::path::Path) -> Arc<Segment> {

@@ -5,7 +5,7 @@ use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use vox_shm::{LinkRx, LinkTx, LinkTxPermit, ShmLinkRx, ShmLinkTx, WriteSlot};
+use vox_shm::{LinkRx, LinkTx, ShmLinkRx, ShmLinkTx, WriteSlot};
 
 use super::wire::{consume, stamp};
 

@@ -270,6 +270,12 @@ async fn hostile(args: &GuestArgs, kind: &str) -> Res {
             &mut entry,
             &vox_shm::SlotRef { class_idx: 200, extent_idx: 0, slot_idx: 7, generation: 1 },
         ),
+        // A slot that exists but that this guest does not hold (free, or
+        // another generation).
+        "unheld-slot" => framing::write_slot_ref(
+            &mut entry,
+            &vox_shm::SlotRef { class_idx: 0, extent_idx: 0, slot_idx: 0, generation: 12345 },
+        ),
         "bad-mmap" => framing::write_mmap_ref(
             &mut entry,
             &framing::MmapRef { map_id: 77, map_generation: 0, map_offset: 0, payload_len: 10 },

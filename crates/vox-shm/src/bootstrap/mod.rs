@@ -25,8 +25,8 @@ use tokio::net::{UnixListener, UnixStream};
 mod server;
 pub use server::{BootstrapServer, WalkIn, WalkInError, WalkInPolicy};
 
-use crate::host::{GuestSpawnTicket, HostHub, HostPeer};
-use crate::segment::Segment;
+use crate::host::{GuestSpawnTicket, HostError, HostHub, HostPeer};
+use crate::segment::{AttachError, Segment};
 use crate::shm_link::{LinkOptions, ShmLink};
 
 /// Request magic.
@@ -98,10 +98,38 @@ pub enum BootstrapError {
     /// The socket or descriptor passing failed.
     #[error(transparent)]
     Control(#[from] ControlError),
-    /// I/O on the control socket, or building the link, failed.
+    /// I/O on the control socket failed.
     #[error("bootstrap: {0}")]
     Io(#[from] io::Error),
+    /// The segment could not be attached, neither by descriptor nor by the
+    /// path in the response.
+    #[error("cannot attach the segment by descriptor ({by_fd}){}", by_path.as_ref().map_or(" and the response names no path".to_string(), |e| format!(" or by path ({e})")))]
+    Attach {
+        /// Why the descriptor was refused.
+        by_fd: AttachError,
+        /// Why the path was refused (`None`: the response names none).
+        by_path: Option<AttachError>,
+    },
+    /// Reserving the slot or building the link failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
+
+impl BootstrapError {
+    /// The `io::ErrorKind` it converts to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            BootstrapError::Io(e) => e.kind(),
+            BootstrapError::Host(e) => e.kind(),
+            BootstrapError::Attach { by_fd, .. } => by_fd.kind(),
+            BootstrapError::Rejected(_) => io::ErrorKind::PermissionDenied,
+            BootstrapError::Control(ControlError::Io(e)) => e.kind(),
+            _ => io::ErrorKind::InvalidData,
+        }
+    }
+}
+
+crate::io_error::into_io_error!(BootstrapError);
 
 /// A decoded request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,16 +345,18 @@ pub struct PreparedBootstrapPeer {
 impl PreparedBootstrapPeer {
     /// A success response for `prepared` whose payload is its segment's path
     /// (empty for a segment without one: guests then attach by descriptor).
-    pub fn with_segment_path(prepared: crate::host::PreparedPeer) -> io::Result<PreparedBootstrapPeer> {
+    pub fn with_segment_path(prepared: crate::host::PreparedPeer) -> Result<PreparedBootstrapPeer, BootstrapError> {
         let payload = prepared.segment().path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
         Self::with_payload(prepared, payload.as_bytes())
     }
 
     /// A success response for `prepared` carrying `payload`.
-    fn with_payload(prepared: crate::host::PreparedPeer, payload: &[u8]) -> io::Result<PreparedBootstrapPeer> {
+    fn with_payload(
+        prepared: crate::host::PreparedPeer,
+        payload: &[u8],
+    ) -> Result<PreparedBootstrapPeer, BootstrapError> {
         let (host_peer, guest_ticket) = prepared.into_parts();
-        let response_frame = encode_response(BootstrapStatus::Success, u32::from(guest_ticket.peer_id.get()), payload)
-            .map_err(io::Error::other)?;
+        let response_frame = encode_response(BootstrapStatus::Success, u32::from(guest_ticket.peer_id.get()), payload)?;
         Ok(PreparedBootstrapPeer { host_peer, guest_ticket, response_frame })
     }
 
@@ -345,7 +375,7 @@ impl PreparedBootstrapPeer {
 impl HostHub {
     /// Reserves a slot and encodes a success response carrying `payload`
     /// (normally the segment path).
-    pub fn prepare_bootstrap_success(&self, payload: &[u8]) -> io::Result<PreparedBootstrapPeer> {
+    pub fn prepare_bootstrap_success(&self, payload: &[u8]) -> Result<PreparedBootstrapPeer, BootstrapError> {
         PreparedBootstrapPeer::with_payload(self.prepare_peer()?, payload)
     }
 
@@ -399,10 +429,12 @@ pub async fn connect(path: &Path, sid: &[u8], options: LinkOptions) -> Result<(A
     let peer = u8::try_from(r.peer_id).ok().and_then(PeerId::new).ok_or(BootstrapError::BadPeerId(r.peer_id))?;
     let segment = match Segment::attach_fd(fds.segment) {
         Ok(s) => s,
-        Err(fd_err) => {
-            let p = std::str::from_utf8(&r.payload).map_err(|_| io::Error::other(format!("attach by fd: {fd_err}")))?;
-            Segment::attach(Path::new(p)).map_err(|e| io::Error::other(format!("attach: {e}")))?
-        }
+        Err(by_fd) => match std::str::from_utf8(&r.payload) {
+            Ok(p) if !p.is_empty() => {
+                Segment::attach(Path::new(p)).map_err(|e| BootstrapError::Attach { by_fd, by_path: Some(e) })?
+            }
+            _ => return Err(BootstrapError::Attach { by_fd, by_path: None }),
+        },
     };
     let segment = Arc::new(segment);
     let tx = fds.mmap_control.as_fd().try_clone_to_owned()?;

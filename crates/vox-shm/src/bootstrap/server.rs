@@ -243,20 +243,21 @@ pub(super) async fn serve_connection(
         refuse(&stream, &why).await?;
         return Err(BootstrapError::Rejected(why).into());
     }
-    let prepared = match hub.prepare_peer().and_then(PreparedBootstrapPeer::with_segment_path) {
-        Ok(p) => p,
-        Err(e) => {
-            refuse(&stream, &format!("no slot: {e}")).await?;
-            return Err(BootstrapError::Io(e).into());
-        }
-    };
+    let prepared =
+        match hub.prepare_peer().map_err(BootstrapError::from).and_then(PreparedBootstrapPeer::with_segment_path) {
+            Ok(p) => p,
+            Err(e) => {
+                refuse(&stream, &format!("no slot: {e}")).await?;
+                return Err(e.into());
+            }
+        };
     stream.writable().await.map_err(BootstrapError::Io)?;
     prepared.send_success_unix(stream.as_fd(), prepared.host_peer.segment())?;
     let PreparedBootstrapPeer { host_peer, guest_ticket, .. } = prepared;
     let peer_id = guest_ticket.peer_id;
     // The guest has its own copies now; ours close here.
     drop(guest_ticket);
-    let link = host_peer.into_link_with(options).map_err(BootstrapError::Io)?;
+    let link = host_peer.into_link_with(options).map_err(|e| BootstrapError::Host(e.into()))?;
     Ok(WalkIn { link, peer_id, pid, uid, gid })
 }
 

@@ -37,12 +37,13 @@ use crate::async_lock::AsyncLock;
 use crate::framing::{self, MMAP_REF_ENTRY_SIZE, SLOT_LEN_PREFIX};
 use crate::link::{Link, TransportMode};
 use crate::mmap_registry::{MmapAttachments, MmapRegistry};
-use crate::segment::{sender_owner, RingEnd, Segment};
+use crate::segment::{sender_owner, PeerError, RingEnd, Segment};
 use liveness::{heartbeat, heartbeat_watch};
 pub use options::{LinkOptions, WaitStrategy};
-pub use recv::{ShmLinkRx, ShmLinkRxError};
+
+pub use recv::{BadSlotRefReason, ShmLinkRx, ShmLinkRxError};
 use send::{SendLimits, TxState};
-pub use send::{ShmLinkTx, ShmTxPermit, ShmWriteSlot};
+pub use send::{ShmLinkTx, ShmLinkTxError, ShmTxPermit, ShmWriteSlot};
 use shared::{Core, Shared, FEATURES_KNOWN};
 use shm_primitives::peer::{PeerEntry, Side};
 use shm_primitives::{Features, PeerId};
@@ -71,6 +72,43 @@ impl std::fmt::Debug for ShmLink {
     }
 }
 
+/// Why a link could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Links register their descriptors with the tokio runtime they are
+    /// built in.
+    #[error("an ShmLink must be built inside a tokio runtime")]
+    NoRuntime,
+    /// The peer does not exist, or a link of this process already uses its
+    /// rings.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The segment's rings cannot hold a reference entry.
+    #[error("ring capacity {capacity} cannot hold a 32-byte reference entry")]
+    RingTooSmall {
+        /// The segment's ring capacity.
+        capacity: u32,
+    },
+    /// The doorbell or a control descriptor could not be registered with
+    /// the runtime (not a socket, say).
+    #[error("cannot register the link's descriptors: {0}")]
+    Register(#[source] io::Error),
+}
+
+impl LinkError {
+    /// The `io::ErrorKind` it converts to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            LinkError::NoRuntime => io::ErrorKind::Other,
+            LinkError::Peer(p) => p.kind(),
+            LinkError::RingTooSmall { .. } => io::ErrorKind::Unsupported,
+            LinkError::Register(io) => io.kind(),
+        }
+    }
+}
+
+crate::io_error::into_io_error!(LinkError);
+
 impl ShmLink {
     /// The host's end of the link to guest `peer` (default options).
     ///
@@ -83,7 +121,7 @@ impl ShmLink {
         doorbell: DoorbellHandle,
         mmap_tx: std::os::fd::OwnedFd,
         mmap_rx: std::os::fd::OwnedFd,
-    ) -> io::Result<ShmLink> {
+    ) -> Result<ShmLink, LinkError> {
         Self::new(Side::Host, segment, peer, doorbell, mmap_tx, mmap_rx, LinkOptions::default())
     }
 
@@ -94,7 +132,7 @@ impl ShmLink {
         doorbell: DoorbellHandle,
         mmap_tx: std::os::fd::OwnedFd,
         mmap_rx: std::os::fd::OwnedFd,
-    ) -> io::Result<ShmLink> {
+    ) -> Result<ShmLink, LinkError> {
         Self::new(Side::Guest, segment, peer, doorbell, mmap_tx, mmap_rx, LinkOptions::default())
     }
 
@@ -107,18 +145,14 @@ impl ShmLink {
         mmap_tx: std::os::fd::OwnedFd,
         mmap_rx: std::os::fd::OwnedFd,
         options: LinkOptions,
-    ) -> io::Result<ShmLink> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| io::Error::other("an ShmLink must be built inside a tokio runtime"))?;
+    ) -> Result<ShmLink, LinkError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| LinkError::NoRuntime)?;
         let entry = segment
             .peer_entry(peer)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist")))?;
-        let cap = segment.bipbuf_capacity();
-        if cap < MMAP_REF_ENTRY_SIZE {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("ring capacity {cap} cannot hold a 32-byte reference entry"),
-            ));
+            .ok_or(PeerError::NoSuchPeer { peer: peer.get(), max_guests: segment.max_guests() })?;
+        let capacity = segment.bipbuf_capacity();
+        if capacity < MMAP_REF_ENTRY_SIZE {
+            return Err(LinkError::RingTooSmall { capacity });
         }
         let tx_claim = segment.claim_ring(peer, RingEnd::tx(side))?;
         let rx_claim = segment.claim_ring(peer, RingEnd::rx(side))?;
@@ -139,19 +173,21 @@ impl ShmLink {
             Side::Host => 0,
         };
         // Largest inline payload whose entry fits the ring (B1).
-        let inline_limit =
-            segment.inline_threshold().min((cap & !3) - framing::FRAME_HEADER_SIZE).min(segment.max_payload_size());
+        let inline_limit = segment
+            .inline_threshold()
+            .min((capacity & !3) - framing::FRAME_HEADER_SIZE)
+            .min(segment.max_payload_size());
         let max_var = segment.var_pool().max_slot_size().saturating_sub(SLOT_LEN_PREFIX);
         let limits = SendLimits {
             inline_limit,
             max_var,
             max_payload: segment.max_payload_size(),
-            worst_entry: framing::inline_entry_len(inline_limit).max(MMAP_REF_ENTRY_SIZE).min(cap),
+            worst_entry: framing::inline_entry_len(inline_limit).max(MMAP_REF_ENTRY_SIZE).min(capacity),
             owner: sender_owner(side, peer),
         };
-        let doorbell = Doorbell::new(doorbell)?;
-        let control_tx = MmapControlSender::new(mmap_tx)?;
-        let control_rx = MmapControlReceiver::new(mmap_rx)?;
+        let doorbell = Doorbell::new(doorbell).map_err(LinkError::Register)?;
+        let control_tx = MmapControlSender::new(mmap_tx).map_err(LinkError::Register)?;
+        let control_rx = MmapControlReceiver::new(mmap_rx).map_err(LinkError::Register)?;
         let shared = Arc::new(Shared {
             // SAFETY: `Shared` holds the `Arc<Segment>` that keeps these rings
             // mapped for as long as it lives.

@@ -28,7 +28,7 @@ pub struct ShmLinkRx {
     pub(super) consumer: BipBufConsumer<'static>,
     pub(super) spin: SpinHistory,
     pub(super) attachments: MmapAttachments,
-    pub(super) failed: Option<String>,
+    pub(super) failed: Option<ShmLinkRxError>,
     pub(super) _claim: RingClaim,
     pub(super) core: Arc<Core>,
     pub(super) coop: Coop,
@@ -61,7 +61,7 @@ pub enum ShmLinkRxError {
         /// The reference.
         slot: SlotRef,
         /// What was wrong.
-        reason: String,
+        reason: BadSlotRefReason,
     },
     /// A slot's length prefix is larger than the slot.
     #[error("slot payload length {payload_len} exceeds the {slot_bytes}-byte slot")]
@@ -85,9 +85,60 @@ pub enum ShmLinkRxError {
         /// The peer.
         peer: u8,
     },
-    /// This half failed earlier.
+    /// This half failed earlier, for this reason.
     #[error("link failed earlier: {0}")]
-    Failed(String),
+    Failed(Box<ShmLinkRxError>),
+}
+
+/// Why a slot reference from the peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadSlotRefReason {
+    /// It names no slot of this pool.
+    #[error(transparent)]
+    Invalid(#[from] SlotError),
+    /// The slot exists but is not one the peer allocated and still holds.
+    #[error("slot is generation {generation}, state {state}, owner {owner}: not allocated by the peer")]
+    NotHeldByPeer {
+        /// Generation in the slot's metadata.
+        generation: u32,
+        /// State word (1 = allocated).
+        state: u32,
+        /// Owner word.
+        owner: u32,
+    },
+}
+
+impl From<ShmLinkRxError> for std::io::Error {
+    /// For `?` in functions returning `io::Result`: a dead peer is
+    /// `ConnectionReset`, everything else `InvalidData`; the typed error is
+    /// kept as the source.
+    fn from(e: ShmLinkRxError) -> Self {
+        let kind = match e.root() {
+            ShmLinkRxError::PeerDead { .. } => std::io::ErrorKind::ConnectionReset,
+            _ => std::io::ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+impl ShmLinkRxError {
+    /// The first error, through any number of [`ShmLinkRxError::Failed`].
+    pub fn root(&self) -> &ShmLinkRxError {
+        match self {
+            ShmLinkRxError::Failed(e) => e.root(),
+            e => e,
+        }
+    }
+}
+
+impl std::fmt::Debug for ShmLinkRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmLinkRx")
+            .field("peer", &self.core.peer)
+            .field("side", &self.core.side)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(super) enum Step {
@@ -148,7 +199,7 @@ impl ShmLinkRx {
     }
 
     pub(super) fn fail(&mut self, e: ShmLinkRxError) -> ShmLinkRxError {
-        self.failed = Some(e.to_string());
+        self.failed = Some(e.clone());
         e
     }
 
@@ -243,18 +294,14 @@ impl ShmLinkRx {
     pub(super) fn take_slot(&mut self, s: SlotRef) -> Result<Backing, ShmLinkRxError> {
         let peer = self.core.peer.get();
         let pool = self.core.segment.var_pool();
-        let bad = |reason: String| ShmLinkRxError::BadSlotRef { peer, slot: s, reason };
+        let bad = |reason: BadSlotRefReason| ShmLinkRxError::BadSlotRef { peer, slot: s, reason };
         let slot = match pool.check(s) {
             Ok(c) => c,
-            Err(e @ (SlotError::BadClass { .. } | SlotError::BadSlot { .. } | SlotError::BadExtent { .. })) => {
-                return Err(self.fail(bad(e.to_string())))
-            }
+            Err(e) => return Err(self.fail(bad(e.into()))),
         };
         let (generation, state, owner) = pool.slot_meta(s.class_idx as usize, s.slot_idx).expect("checked");
         if generation != s.generation || state != 1 || !self.peer_owner_ok(owner) {
-            return Err(self.fail(bad(format!(
-                "slot is generation {generation}, state {state}, owner {owner}: not allocated by the peer"
-            ))));
+            return Err(self.fail(bad(BadSlotRefReason::NotHeldByPeer { generation, state, owner })));
         }
         let mut prefix = [0u8; 4];
         if slot.size() >= SLOT_LEN_PREFIX {
@@ -280,8 +327,8 @@ impl ShmLinkRx {
     }
 
     pub(super) async fn recv_inner(&mut self) -> Result<Option<Backing>, ShmLinkRxError> {
-        if let Some(msg) = &self.failed {
-            return Err(ShmLinkRxError::Failed(msg.clone()));
+        if let Some(e) = &self.failed {
+            return Err(ShmLinkRxError::Failed(Box::new(e.clone())));
         }
         self.coop.tick().await;
         let mut poller = Poller::new(self.spin.strategy(self.core.wait_strategy()));

@@ -6,7 +6,7 @@ use super::wait::{Coop, Half, Poller, SpinHistory};
 use crate::async_lock::{AsyncLock, AsyncLockGuard};
 use crate::framing::{self, MMAP_REF_ENTRY_SIZE, SLOT_LEN_PREFIX, SLOT_REF_ENTRY_SIZE};
 use crate::link::{LinkTx, LinkTxPermit, WriteSlot};
-use crate::mmap_registry::{MmapAllocation, MmapRegistry};
+use crate::mmap_registry::{MmapAllocError, MmapAllocation, MmapRegistry};
 use crate::segment::RingClaim;
 use shm_primitives::bipbuf::{BipBufProducer, RingError};
 use shm_primitives::varslot::{AllocError, CheckedSlot};
@@ -51,9 +51,59 @@ pub struct ShmLinkTx {
     pub(super) coop: Coop,
 }
 
-pub(super) fn ring_err(e: RingError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("ring corrupt: {e}"))
+/// Why a send failed. Through the [`LinkTx`] traits it is an `io::Error`
+/// (`BrokenPipe` for a peer that is gone or a closed half) with this as its
+/// source.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmLinkTxError {
+    /// The peer died or hung up.
+    #[error("peer {peer} is gone")]
+    PeerGone {
+        /// The peer.
+        peer: u8,
+    },
+    /// This sending half was closed.
+    #[error("the link's sending half is closed")]
+    Closed,
+    /// Our sending ring's shared positions are impossible (the peer wrote
+    /// over them).
+    #[error("corrupt ring towards peer {peer}: {error}")]
+    CorruptRing {
+        /// The peer.
+        peer: u8,
+        /// What was wrong.
+        error: RingError,
+    },
+    /// The payload is larger than the segment allows.
+    #[error("payload of {len} bytes exceeds the {max} byte maximum")]
+    TooLarge {
+        /// Bytes asked for.
+        len: usize,
+        /// The segment's maximum payload.
+        max: u32,
+    },
+    /// Space `reserve` waited for was gone at `alloc` (only a peer writing
+    /// over our ring's positions can cause it).
+    #[error("ring space reserved by the permit vanished")]
+    SpaceVanished,
+    /// The mapping tier could not place the payload.
+    #[error(transparent)]
+    Mapping(#[from] MmapAllocError),
 }
+
+impl ShmLinkTxError {
+    /// The `io::ErrorKind` it converts to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            ShmLinkTxError::PeerGone { .. } | ShmLinkTxError::Closed => io::ErrorKind::BrokenPipe,
+            ShmLinkTxError::CorruptRing { .. } | ShmLinkTxError::SpaceVanished => io::ErrorKind::InvalidData,
+            ShmLinkTxError::TooLarge { .. } => io::ErrorKind::InvalidInput,
+            ShmLinkTxError::Mapping(m) => m.kind(),
+        }
+    }
+}
+
+crate::io_error::into_io_error!(ShmLinkTxError);
 
 impl ShmLinkTx {
     /// Internal state for diagnosing a stall (not a stable interface).
@@ -79,8 +129,21 @@ impl ShmLinkTx {
         snapshot(&self.core.counters, reg.as_ref().map(|g| &g.registry))
     }
 
+    /// Waits for room for one message (see the module docs): the typed form
+    /// of [`LinkTx::reserve`]. Cancel-safe: dropping the future before it
+    /// completes takes nothing.
+    pub async fn reserve(&self) -> Result<ShmTxPermit, ShmLinkTxError> {
+        self.coop.tick().await;
+        let mut guard = self.state.clone().lock_owned().await;
+        if guard.closed {
+            return Err(ShmLinkTxError::Closed);
+        }
+        self.wait_for_space(&mut guard).await?;
+        Ok(ShmTxPermit { guard: Some(guard), limits: self.limits })
+    }
+
     /// Waits until a worst-case entry fits the ring (see the module docs).
-    pub(super) async fn wait_for_space(&self, st: &mut TxState) -> io::Result<()> {
+    pub(super) async fn wait_for_space(&self, st: &mut TxState) -> Result<(), ShmLinkTxError> {
         let need = self.limits.worst_entry;
         let sh = &self.core;
         let mut poller = Poller::new(st.spin.strategy(sh.wait_strategy()));
@@ -88,10 +151,12 @@ impl ShmLinkTx {
         // One attempt; a wrap it performs is a publication the consumer must
         // see even if the grant after it fails.
         let max_payload = self.limits.max_payload;
+        let peer = sh.peer.get();
         // `None` when there is room, else the counter of what was full.
-        let attempt = |st: &mut TxState| -> io::Result<Option<&AtomicU64>> {
+        let attempt = |st: &mut TxState| -> Result<Option<&AtomicU64>, ShmLinkTxError> {
             let wraps = st.producer.wraps();
-            let granted = st.producer.try_grant(need).map_err(ring_err)?.is_some();
+            let granted =
+                st.producer.try_grant(need).map_err(|error| ShmLinkTxError::CorruptRing { peer, error })?.is_some();
             if st.producer.wraps() != wraps {
                 sh.wake_peer_consumer();
             }
@@ -113,7 +178,7 @@ impl ShmLinkTx {
         };
         loop {
             if sh.gone() {
-                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "peer is gone"));
+                return Err(ShmLinkTxError::PeerGone { peer: sh.peer.get() });
             }
             match attempt(st)? {
                 None => {
@@ -150,15 +215,7 @@ impl LinkTx for ShmLinkTx {
 
     #[allow(clippy::manual_async_fn)] // the trait promises a `Send` future
     fn reserve(&self) -> impl std::future::Future<Output = io::Result<ShmTxPermit>> + Send + '_ {
-        async move {
-            self.coop.tick().await;
-            let mut guard = self.state.clone().lock_owned().await;
-            if guard.closed {
-                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "link's sending half is closed"));
-            }
-            self.wait_for_space(&mut guard).await?;
-            Ok(ShmTxPermit { guard: Some(guard), limits: self.limits })
-        }
+        async move { Ok(ShmLinkTx::reserve(self).await?) }
     }
 
     #[allow(clippy::manual_async_fn)] // the trait promises a `Send` future
@@ -218,32 +275,56 @@ pub struct ShmWriteSlot {
     pub(super) payload: Payload,
 }
 
-impl ShmTxPermit {
-    pub(super) fn grant(producer: &mut BipBufProducer<'_>, n: u32) -> io::Result<()> {
-        // `reserve` waited until a worst-case entry fits, and only the consumer
-        // (who frees space) ran since, so this cannot fail.
-        match producer.try_grant(n).map_err(ring_err)? {
-            Some(_) => Ok(()),
-            None => Err(io::Error::other("ring space reserved by the permit vanished")),
-        }
+impl std::fmt::Debug for ShmLinkTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmLinkTx")
+            .field("peer", &self.core.peer)
+            .field("side", &self.core.side)
+            .finish_non_exhaustive()
     }
 }
 
-impl LinkTxPermit for ShmTxPermit {
-    type Slot = ShmWriteSlot;
+impl std::fmt::Debug for ShmTxPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmTxPermit").field("max_payload", &self.limits.max_payload).finish_non_exhaustive()
+    }
+}
 
-    fn alloc(mut self, len: usize) -> io::Result<ShmWriteSlot> {
+impl std::fmt::Debug for ShmWriteSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tier, len) = match &self.payload {
+            Payload::Inline { len } => ("inline", Some(*len)),
+            Payload::Slot { len, .. } => ("slot", Some(*len)),
+            Payload::Mmap(a) => ("mapping", Some(a.mmap_ref.payload_len)),
+            Payload::Done => ("committed", None),
+        };
+        f.debug_struct("ShmWriteSlot").field("tier", &tier).field("len", &len).finish()
+    }
+}
+
+impl ShmTxPermit {
+    pub(super) fn grant(producer: &mut BipBufProducer<'_>, n: u32, peer: u8) -> Result<(), ShmLinkTxError> {
+        // `reserve` waited until a worst-case entry fits, and only the consumer
+        // (who frees space) ran since, so this cannot fail.
+        match producer.try_grant(n).map_err(|error| ShmLinkTxError::CorruptRing { peer, error })? {
+            Some(_) => Ok(()),
+            None => Err(ShmLinkTxError::SpaceVanished),
+        }
+    }
+
+    /// Places a `len`-byte payload at its final address (see the module
+    /// docs): the typed form of [`LinkTxPermit::alloc`].
+    pub fn alloc(mut self, len: usize) -> Result<ShmWriteSlot, ShmLinkTxError> {
         let mut guard = self.guard.take().expect("permit holds the producer");
         let lim = self.limits;
-        let len = u32::try_from(len).ok().filter(|&l| l <= lim.max_payload).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("payload of {len} bytes exceeds the {} byte maximum", lim.max_payload),
-            )
-        })?;
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|&l| l <= lim.max_payload)
+            .ok_or(ShmLinkTxError::TooLarge { len, max: lim.max_payload })?;
         let TxState { producer, registry, core, .. } = &mut *guard;
+        let peer = core.peer.get();
         let payload = if len <= lim.inline_limit {
-            Self::grant(producer, framing::inline_entry_len(len))?;
+            Self::grant(producer, framing::inline_entry_len(len), peer)?;
             Payload::Inline { len }
         } else {
             let pool = core.segment.var_pool();
@@ -263,7 +344,7 @@ impl LinkTxPermit for ShmTxPermit {
             match slot {
                 Some(s) => {
                     let slot = pool.check(s).expect("freshly allocated slots are valid");
-                    if let Err(e) = Self::grant(producer, SLOT_REF_ENTRY_SIZE) {
+                    if let Err(e) = Self::grant(producer, SLOT_REF_ENTRY_SIZE, peer) {
                         let _ = pool.free(s);
                         return Err(e);
                     }
@@ -274,7 +355,7 @@ impl LinkTxPermit for ShmTxPermit {
                         registry.enable_reuse();
                     }
                     let a = registry.alloc(len)?;
-                    if let Err(e) = Self::grant(producer, MMAP_REF_ENTRY_SIZE) {
+                    if let Err(e) = Self::grant(producer, MMAP_REF_ENTRY_SIZE, peer) {
                         registry.cancel(a);
                         return Err(e);
                     }
@@ -283,6 +364,14 @@ impl LinkTxPermit for ShmTxPermit {
             }
         };
         Ok(ShmWriteSlot { guard: Some(guard), payload })
+    }
+}
+
+impl LinkTxPermit for ShmTxPermit {
+    type Slot = ShmWriteSlot;
+
+    fn alloc(self, len: usize) -> io::Result<ShmWriteSlot> {
+        Ok(ShmTxPermit::alloc(self, len)?)
     }
 }
 

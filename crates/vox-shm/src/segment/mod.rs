@@ -36,9 +36,12 @@ use shm_primitives::mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
 use shm_primitives::peer::Side;
 use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable};
 use shm_primitives::region::Region;
-use shm_primitives::validate::{validate, HeaderError};
+use shm_primitives::validate::validate;
 use shm_primitives::varslot::{SizeClassConfig, VarSlotPool};
-use shm_primitives::Features;
+use shm_primitives::{Features, OutOfBounds};
+
+mod errors;
+pub use errors::{AttachError, CreateError, GrowError, PeerError};
 
 /// What a host chooses when it creates a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,61 +98,6 @@ impl Default for CreateOptions {
     fn default() -> Self {
         CreateOptions { cleanup: FileCleanup::UnlinkOnDrop, mode: DEFAULT_FILE_MODE, host_features: Features::ALL }
     }
-}
-
-/// Why a segment could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum CreateError {
-    /// The configuration cannot describe a valid segment.
-    #[error("invalid segment configuration: {0}")]
-    Config(#[from] LayoutError),
-    /// The file could not be created or mapped.
-    #[error("cannot create segment file: {0}")]
-    Io(#[from] io::Error),
-    /// A file at the path is held by a live process (another host, or a guest
-    /// of one), so it is not replaced.
-    #[error("{0} is in use by a live host or guest; not replacing it")]
-    InUse(std::path::PathBuf),
-}
-
-/// Why a segment could not be attached.
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    /// The file could not be opened or mapped.
-    #[error("cannot open segment: {0}")]
-    Io(#[from] io::Error),
-    /// The file is not a valid segment.
-    #[error("not a valid vox segment v7: {0}")]
-    BadHeader(#[from] HeaderError),
-}
-
-/// Why a peer-table operation was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
-    /// The id is beyond this segment's `max_guests`.
-    #[error("peer {peer} does not exist (segment has {max_guests} guest slots)")]
-    NoSuchPeer {
-        /// Peer asked for.
-        peer: u8,
-        /// Guest slots in the segment.
-        max_guests: u8,
-    },
-    /// A link of this process still uses the peer's rings.
-    #[error("peer {peer} still has a link in this process")]
-    InUse {
-        /// Peer asked for.
-        peer: u8,
-    },
-    /// The entry is not in the state the operation needs.
-    #[error("peer {peer} is {actual:?}, expected {expected:?}")]
-    WrongState {
-        /// Peer asked for.
-        peer: u8,
-        /// State needed.
-        expected: PeerState,
-        /// State found.
-        actual: PeerState,
-    },
 }
 
 /// Slot owner value for slots the host holds (0.3.1 uses it for everything
@@ -310,7 +258,7 @@ impl Segment {
             return Err(CreateError::InUse(path.to_owned()));
         }
         let region = MmapRegion::create(path, layout.total_size as usize, options.cleanup, options.mode)?;
-        Ok(Self::initialise(region, layout, &config, options.host_features)?)
+        Self::initialise(region, layout, &config, options.host_features)
     }
 
     /// Creates a segment with no name in the file system (a sealed `memfd` on
@@ -320,7 +268,7 @@ impl Segment {
     pub fn create_anonymous(config: SegmentConfig<'_>, host_features: Features) -> Result<Segment, CreateError> {
         let layout = Self::plan(&config)?;
         let region = MmapRegion::create_anonymous("vox-shm-segment", layout.total_size as usize)?;
-        Ok(Self::initialise(region, layout, &config, host_features)?)
+        Self::initialise(region, layout, &config, host_features)
     }
 
     fn plan(config: &SegmentConfig<'_>) -> Result<SegmentLayout, LayoutError> {
@@ -333,23 +281,22 @@ impl Segment {
         layout: SegmentLayout,
         config: &SegmentConfig<'_>,
         host_features: Features,
-    ) -> io::Result<Segment> {
+    ) -> Result<Segment, CreateError> {
         // SAFETY: the views built from `r` are stored in the `Segment` beside
         // `region`, which keeps the mapping alive (moving it does not move
         // the mapping), and they are handed out only reborrowed at `&self`.
         let r = unsafe { unbounded(region.region()) };
-        let oob = |e: shm_primitives::OutOfBounds| io::Error::other(format!("segment layout out of bounds: {e}"));
-        let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests).map_err(oob)?;
+        let peers = PeerTable::attach(r, layout.peer_table_offset, layout.max_guests)?;
         peers.init(|id| layout.ring_offset(id));
         for (id, _) in peers.iter() {
             for off in [layout.g2h_offset(id), layout.h2g_offset(id)] {
                 // SAFETY: the file was just created and is not yet published (no
                 // magic), so nobody else touches it; `region` outlives the views.
-                unsafe { BipBuf::init(r, off, layout.bipbuf_capacity) }.map_err(oob)?;
+                unsafe { BipBuf::init(r, off, layout.bipbuf_capacity) }?;
             }
         }
         // SAFETY: as above: exclusive access before the magic is published.
-        let pool = unsafe { VarSlotPool::init(r, layout.var_pool_offset, &layout.pool) }.map_err(oob)?;
+        let pool = unsafe { VarSlotPool::init(r, layout.var_pool_offset, &layout.pool) }?;
         let header = Self::header_at(&region);
         header.init(&SegmentHeaderInit {
             total_size: layout.total_size,
@@ -572,16 +519,14 @@ impl Segment {
     }
 
     /// Claims one ring end for exclusive use in this process.
-    pub fn claim_ring(self: &Arc<Self>, peer: PeerId, end: RingEnd) -> io::Result<RingClaim> {
-        let cell = self.ring_ends.get(peer.index()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("peer {peer} does not exist in this segment"))
-        })?;
+    pub fn claim_ring(self: &Arc<Self>, peer: PeerId, end: RingEnd) -> Result<RingClaim, PeerError> {
+        let cell = self
+            .ring_ends
+            .get(peer.index())
+            .ok_or(PeerError::NoSuchPeer { peer: peer.get(), max_guests: self.layout.max_guests })?;
         // AcqRel: pairs with the release in `RingClaim::drop`.
         if cell.fetch_or(end.bit(), Ordering::AcqRel) & end.bit() != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{end:?} ring end of peer {peer} is already in use in this process"),
-            ));
+            return Err(PeerError::InUse { peer: peer.get() });
         }
         Ok(RingClaim { segment: self.clone(), peer, end })
     }
@@ -701,8 +646,8 @@ impl Segment {
     /// used by format v7 peers; this exists for completeness. Needs `&mut`
     /// (so an `Arc<Segment>` shared with links cannot be grown), and no view
     /// into the old mapping survives.
-    pub fn grow_segment(&mut self, new_size: u64) -> io::Result<()> {
-        let new_size = usize::try_from(new_size).map_err(|_| io::Error::other("size does not fit in memory"))?;
+    pub fn grow_segment(&mut self, new_size: u64) -> Result<(), GrowError> {
+        let new_size = usize::try_from(new_size).map_err(|_| GrowError::TooLarge { size: new_size })?;
         self.region.resize(new_size)?;
         self.rebuild_views()?;
         self.header().set_current_size(new_size as u64);
@@ -710,8 +655,9 @@ impl Segment {
     }
 
     /// Guest: remaps if the host grew the segment. Returns whether it did.
-    pub fn check_and_remap(&mut self) -> io::Result<bool> {
-        let wanted = usize::try_from(self.header().current_size()).map_err(|_| io::Error::other("size too large"))?;
+    pub fn check_and_remap(&mut self) -> Result<bool, GrowError> {
+        let size = self.header().current_size();
+        let wanted = usize::try_from(size).map_err(|_| GrowError::TooLarge { size })?;
         if !self.region.check_and_remap(wanted)? {
             return Ok(false);
         }
@@ -719,13 +665,12 @@ impl Segment {
         Ok(true)
     }
 
-    fn rebuild_views(&mut self) -> io::Result<()> {
+    fn rebuild_views(&mut self) -> Result<(), OutOfBounds> {
         // SAFETY: as in `initialise`; the old views (of the old mapping) are
         // replaced here, and `&mut self` means none is borrowed meanwhile.
         let r = unsafe { unbounded(self.region.region()) };
-        let oob = |e: shm_primitives::OutOfBounds| io::Error::other(e.to_string());
-        self.peers = PeerTable::attach(r, self.layout.peer_table_offset, self.layout.max_guests).map_err(oob)?;
-        self.pool = VarSlotPool::attach(r, self.layout.var_pool_offset, &self.layout.pool).map_err(oob)?;
+        self.peers = PeerTable::attach(r, self.layout.peer_table_offset, self.layout.max_guests)?;
+        self.pool = VarSlotPool::attach(r, self.layout.var_pool_offset, &self.layout.pool)?;
         Ok(())
     }
 }

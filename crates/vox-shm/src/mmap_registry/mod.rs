@@ -33,6 +33,9 @@ use shm_primitives_async::control::{ControlError, MmapAttachMessage, MmapControl
 
 use crate::framing::MmapRef;
 
+mod errors;
+pub use errors::{IoFailure, MmapAllocError, MmapResolveError, RegionRefusal};
+
 /// Bytes at the start of every region we create (the C4 header).
 pub const REGION_HEADER_SIZE: u64 = 64;
 /// Default region size.
@@ -199,7 +202,7 @@ impl MmapRegistry {
 
     /// Allocates `len` bytes. A new region is announced on the control channel
     /// before this returns, so the datagram precedes the frame.
-    pub fn alloc(&mut self, len: u32) -> io::Result<MmapAllocation> {
+    pub fn alloc(&mut self, len: u32) -> Result<MmapAllocation, MmapAllocError> {
         let need = u64::from(len);
         let index = match self.find_room(need) {
             Some(i) => i,
@@ -232,32 +235,24 @@ impl MmapRegistry {
         None
     }
 
-    fn add_region(&mut self, need: u64) -> io::Result<usize> {
+    fn add_region(&mut self, need: u64) -> Result<usize, MmapAllocError> {
         let size = self.region_size_for(need);
-        let size_usize =
-            usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too large"))?;
+        let size_usize = usize::try_from(size).map_err(|_| MmapAllocError::TooLarge { len: need })?;
         // Over budget: give a drained region's id a new, fitting file.
         let mut slot = None;
         if self.stats.bytes_mapped + size > self.budget() {
             slot = self.regions.iter().position(|r| self.reuse && r.drained());
             if slot.is_none() {
-                return Err(io::Error::new(
-                    io::ErrorKind::OutOfMemory,
-                    format!(
-                        "mapping budget of {} bytes is used up by payloads the receiver has not released{}",
-                        self.budget(),
-                        if self.reuse { "" } else { " (it cannot report releases: vox-shm 0.3.1)" }
-                    ),
-                ));
+                return Err(MmapAllocError::BudgetSpent { budget: self.budget(), peer_reports_releases: self.reuse });
             }
         }
-        let mmap = MmapRegion::create_anonymous("vox-shm-payload", size_usize)?;
+        let mmap = MmapRegion::create_anonymous("vox-shm-payload", size_usize).map_err(MmapAllocError::Create)?;
         let (map_id, generation) = match slot {
             Some(i) => (self.regions[i].map_id, self.regions[i].generation.wrapping_add(1)),
-            None => (u32::try_from(self.regions.len()).map_err(|_| io::Error::other("too many regions"))?, 0),
+            None => (u32::try_from(self.regions.len()).map_err(|_| MmapAllocError::TooManyRegions)?, 0),
         };
         let msg = MmapAttachMessage { map_id, map_generation: generation, mapping_length: size };
-        self.control.try_send(mmap.as_fd(), &msg)?;
+        self.control.try_send(mmap.as_fd(), &msg).map_err(MmapAllocError::Announce)?;
         // The receiver has its own descriptor now; ours is not needed to keep
         // the mapping, so a registry holds no descriptor per region.
         let mmap = Arc::new(mmap.into_mapping());
@@ -289,64 +284,6 @@ impl MmapRegistry {
     pub fn cancel(&mut self, a: MmapAllocation) {
         self.regions[a.index].in_flight -= 1;
     }
-}
-
-/// Why a mapping reference could not be resolved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MmapResolveError {
-    /// The control channel failed; no mapping can be resolved any more.
-    #[error("mapping control channel failed: {message}")]
-    ControlChannelFailure {
-        /// What went wrong.
-        message: String,
-    },
-    /// No region with this id and generation was announced in time.
-    #[error("mapping {map_id} generation {map_generation} was not announced within {waited:?}")]
-    UnknownMapping {
-        /// Region id.
-        map_id: u32,
-        /// Region generation.
-        map_generation: u32,
-        /// How long we waited for the announcement.
-        waited: Duration,
-    },
-    /// The control channel reached end of stream (the peer closed it or died)
-    /// before this region was announced: it never will be.
-    #[error("mapping {map_id} generation {map_generation} was never announced (the control channel closed)")]
-    NeverAnnounced {
-        /// Region id.
-        map_id: u32,
-        /// Region generation.
-        map_generation: u32,
-    },
-    /// An unsealed region could not be read (the peer truncated it).
-    #[error("payload of region {map_id} could not be read: {reason}")]
-    Unreadable {
-        /// Region id.
-        map_id: u32,
-        /// The read error.
-        reason: String,
-    },
-    /// The payload lies outside the region.
-    #[error("payload {map_offset}+{payload_len} is outside mapping {map_id} of {mapping_length} bytes")]
-    OutOfBounds {
-        /// Region id.
-        map_id: u32,
-        /// Payload offset.
-        map_offset: u64,
-        /// Payload length.
-        payload_len: u32,
-        /// Region length.
-        mapping_length: u64,
-    },
-    /// An announced region was refused.
-    #[error("announced region {map_id} refused: {reason}")]
-    BadRegion {
-        /// Region id.
-        map_id: u32,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// How the receiving side holds a region.
@@ -500,7 +437,8 @@ impl MmapAttachments {
     }
 
     fn insert(&mut self, msg: MmapAttachMessage, fd: OwnedFd) -> Result<(), MmapResolveError> {
-        let bad = |reason: String| MmapResolveError::BadRegion { map_id: msg.map_id, reason };
+        let bad = |reason: RegionRefusal| MmapResolveError::BadRegion { map_id: msg.map_id, reason };
+        let io = |e: io::Error| bad(RegionRefusal::Io(IoFailure::from(&e)));
         if let Some(old) = self.maps.get(&msg.map_id) {
             if old.map_generation == msg.map_generation {
                 return Ok(()); // announced twice: keep the first, close this fd
@@ -509,25 +447,26 @@ impl MmapAttachments {
         // Seal before the length check, so the file cannot shrink after it.
         let sealed = try_seal_against_shrinking(fd.as_fd());
         if self.require_sealed && !sealed {
-            return Err(bad("not sealed against shrinking".into()));
+            return Err(bad(RegionRefusal::NotSealed));
         }
-        let len = usize::try_from(msg.mapping_length).map_err(|_| bad("length does not fit in memory".into()))?;
+        let len =
+            usize::try_from(msg.mapping_length).map_err(|_| bad(RegionRefusal::TooLong { len: msg.mapping_length }))?;
         let replaced = self.maps.get(&msg.map_id).map_or(0, |m| m.mapping_length());
         if self.maps.len() >= MAX_ATTACHED_MAPPINGS && replaced == 0 {
-            return Err(bad(format!("more than {MAX_ATTACHED_MAPPINGS} regions")));
+            return Err(bad(RegionRefusal::TooManyRegions { max: MAX_ATTACHED_MAPPINGS }));
         }
         // Checked: `mapping_length` is the peer's value.
         let bytes = self.bytes.saturating_sub(replaced).checked_add(msg.mapping_length);
         let Some(bytes) = bytes.filter(|b| *b <= MAX_ATTACHED_BYTES) else {
-            return Err(bad(format!("more than {MAX_ATTACHED_BYTES} bytes of regions")));
+            return Err(bad(RegionRefusal::TooManyBytes { max: MAX_ATTACHED_BYTES }));
         };
         let held = if sealed {
-            Held::Mapped(MmapRegion::attach_fd_with_len(fd, len).map_err(|e| bad(e.to_string()))?.into_mapping())
+            Held::Mapped(MmapRegion::attach_fd_with_len(fd, len).map_err(io)?.into_mapping())
         } else {
             let file = std::fs::File::from(fd);
-            let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+            let meta = file.metadata().map_err(io)?;
             if !meta.is_file() || meta.len() < msg.mapping_length || len == 0 {
-                return Err(bad(format!("file holds {} bytes, {len} were announced", meta.len())));
+                return Err(bad(RegionRefusal::WrongSize { file_len: meta.len(), announced: msg.mapping_length }));
             }
             Held::Copied { file, len: msg.mapping_length }
         };
@@ -583,7 +522,7 @@ impl MmapAttachments {
         let copy = mapping
             .read_copy(m.map_offset, m.payload_len)
             .transpose()
-            .map_err(|e| MmapResolveError::Unreadable { map_id: m.map_id, reason: e.to_string() })?;
+            .map_err(|e| MmapResolveError::Unreadable { map_id: m.map_id, reason: IoFailure::from(&e) })?;
         Ok(Some(MmapBacking {
             mapping: mapping.clone(),
             copy,
