@@ -1,5 +1,6 @@
 use super::*;
 use crate::region::HeapRegion;
+use crate::sync::Ordering;
 
 /// A ring in heap memory that lives for the rest of the test process
 /// (leaked: a view borrows its memory, and the tests keep both).
