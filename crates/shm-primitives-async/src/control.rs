@@ -118,10 +118,11 @@ pub fn create_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// # Safety
 /// As for [`fd::adopt_fd`]: the descriptor is owned by nothing else here.
 pub unsafe fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
+    fd::validate_fd(raw)?;
+    // SAFETY: open (just checked); the borrow ends before the adoption.
+    check_type(unsafe { BorrowedFd::borrow_raw(raw) })?;
     // SAFETY: forwarded to the caller's contract.
-    let owned = unsafe { fd::adopt_fd(raw, None) }?;
-    check_type(owned.as_fd())?;
-    Ok(owned)
+    unsafe { fd::adopt_fd(raw, None) }
 }
 
 /// Checks that `sock` can carry the control channel (seqpacket or datagram).

@@ -94,11 +94,22 @@ pub fn unix_socket_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
 /// The descriptor must not be owned by anything else in this process (it was
 /// inherited for us, and this is the only place that adopts it).
 pub unsafe fn adopt_fd(fd: RawFd, socket_type: Option<libc::c_int>) -> io::Result<OwnedFd> {
-    validate_fd(fd)?;
+    check_inherited(fd, socket_type)?;
     // SAFETY: open (just checked) and unowned (caller's contract).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Ours now: never leak it into a later exec.
+    set_cloexec(std::os::fd::AsFd::as_fd(&owned), true)?;
+    Ok(owned)
+}
+
+/// Checks, without taking it, that descriptor number `fd` is open and, if
+/// `socket_type` is given, a Unix socket of that type. A descriptor that
+/// fails is left as it was (not closed).
+pub fn check_inherited(fd: RawFd, socket_type: Option<libc::c_int>) -> io::Result<()> {
+    validate_fd(fd)?;
     if let Some(want) = socket_type {
-        let got = unix_socket_type(std::os::fd::AsFd::as_fd(&owned))?;
+        // SAFETY: open (just checked); the borrow ends with this call.
+        let got = unix_socket_type(unsafe { BorrowedFd::borrow_raw(fd) })?;
         if got != want {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -106,9 +117,7 @@ pub unsafe fn adopt_fd(fd: RawFd, socket_type: Option<libc::c_int>) -> io::Resul
             ));
         }
     }
-    // Ours now: never leak it into a later exec.
-    set_cloexec(std::os::fd::AsFd::as_fd(&owned), true)?;
-    Ok(owned)
+    Ok(())
 }
 
 /// Parses a decimal descriptor number argument.
@@ -182,7 +191,10 @@ mod tests {
         // SAFETY: `raw` was just released by its owner.
         let err = unsafe { adopt_fd(raw, Some(libc::SOCK_STREAM)) }.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        // The failed adoption closed it (the OwnedFd was dropped).
+        // A failed adoption leaves the descriptor as it was: open, not ours.
+        assert!(validate_fd(raw).is_ok());
+        // SAFETY: still unowned (the adoption failed); closed once, here.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
         assert!(validate_fd(raw).is_err());
         assert!(validate_fd(-1).is_err());
         assert!(parse_fd_arg("x").is_err());
@@ -192,5 +204,7 @@ mod tests {
         let raw = std::os::fd::IntoRawFd::into_raw_fd(file);
         // SAFETY: `raw` was just released by its owner.
         assert!(unsafe { adopt_fd(raw, Some(libc::SOCK_DGRAM)) }.is_err(), "a file is not a socket");
+        // SAFETY: still unowned; closed once, here.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
     }
 }

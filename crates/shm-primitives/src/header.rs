@@ -58,6 +58,7 @@ pub mod offsets {
 }
 
 /// The segment header as it lies in shared memory.
+#[derive(Debug)]
 #[repr(C)]
 pub struct SegmentHeader {
     magic: AtomicU64,

@@ -132,6 +132,7 @@ impl Side {
 }
 
 /// One peer-table entry in shared memory.
+#[derive(Debug)]
 #[repr(C)]
 pub struct PeerEntry {
     state: AtomicU32,

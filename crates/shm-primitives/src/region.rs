@@ -120,6 +120,7 @@ impl<'a> Region<'a> {
 
 /// A zeroed, 64-byte-aligned heap allocation, for tests, benchmarks and loom
 /// models that need segment structures without a file.
+#[derive(Debug)]
 pub struct HeapRegion {
     ptr: NonNull<u8>,
     layout: Layout,

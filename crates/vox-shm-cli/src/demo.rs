@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vox_shm::host::{spawn_guest, GuestArgs, HostHub};
-use vox_shm::{FileCleanup, Link, LinkOptions, LinkRx, LinkTx, Segment, SegmentConfig, SizeClassConfig, WriteSlot};
+use vox_shm::{FileCleanup, Link, LinkOptions, Segment, SegmentConfig, SizeClassConfig, WriteSlot};
 
 use crate::{runtime, Res};
 

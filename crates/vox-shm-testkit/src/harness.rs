@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vox_shm::host::{spawn_guest_with, HostHub};
 use vox_shm::{
-    Backing, FileCleanup, GuestSlots, Link, LinkOptions, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink,
+    Backing, FileCleanup, GuestSlots, Link, LinkOptions, LinkTx, LinkTxPermit, Segment, SegmentConfig, ShmLink,
     ShmLinkRx, ShmLinkRxError, SizeClassConfig, WriteSlot,
 };
 

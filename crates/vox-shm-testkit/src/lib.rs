@@ -138,6 +138,7 @@ pub fn check_large(seq: u64, len: usize, got: &[u8]) -> Result<(), String> {
 /// shared file: the crash tests' guest stores how many messages it has
 /// committed, and the host reads it after killing the guest (a dead process's
 /// stores to a shared mapping stay visible).
+#[derive(Debug)]
 pub struct CommitCounter {
     map: shm_primitives::mmap::MmapRegion,
 }

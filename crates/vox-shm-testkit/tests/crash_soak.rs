@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use vox_shm::{Link, LinkRx, ShmLinkRxError};
+use vox_shm::{Link, ShmLinkRxError};
 use vox_shm_testkit::harness::{hub, mixed, recv, send, spawn, SMALL_POOL};
 use vox_shm_testkit::{check_payload, fd_count, status_kb, CommitCounter};
 

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use vox_shm::varslot::SlotError;
-use vox_shm::{BadSlotRefReason, Link, LinkOptions, LinkRx, LinkTx, ShmLinkRx, ShmLinkRxError, ShmLinkTx};
+use vox_shm::{BadSlotRefReason, Link, LinkOptions, ShmLinkRx, ShmLinkRxError, ShmLinkTx};
 use vox_shm_testkit::check_payload;
 use vox_shm_testkit::harness::{echo_round_trip, finish, hub, mixed, recv, send, spawn, spawn_opts, SMALL_POOL};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vox_shm::isolation::{IsolatedConfig, IsolatedHub};
-use vox_shm::{GuestSlots, Link, LinkTx};
+use vox_shm::{GuestSlots, Link};
 use vox_shm_testkit::check_payload;
 use vox_shm_testkit::harness::{echo_round_trip, finish, mixed, recv, send, spawn, SMALL_POOL};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::process::ExitStatusExt;
 
-use vox_shm::{Link, LinkOptions, LinkTx, ShmLinkRxError};
+use vox_shm::{Link, LinkOptions, ShmLinkRxError};
 use vox_shm_testkit::check_payload;
 use vox_shm_testkit::harness::{echo_round_trip, finish, hub, mixed, recv, send, spawn, LIMIT, SMALL_POOL};
 

@@ -2,7 +2,7 @@
 //! other test's descriptors or mappings share the process.
 
 use vox_shm::mmap_registry::DEFAULT_MAPPING_BUDGET;
-use vox_shm::{Link, LinkTx, WriteSlot};
+use vox_shm::{Link, WriteSlot};
 use vox_shm_testkit::harness::{finish, hub, spawn, SMALL_POOL};
 use vox_shm_testkit::{fd_count, fill_large, status_kb};
 

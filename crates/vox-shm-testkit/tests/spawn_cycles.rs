@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use vox_shm::{Link, LinkTx};
+use vox_shm::Link;
 use vox_shm_testkit::harness::{finish, hub, recv, send, spawn, SMALL_POOL};
 use vox_shm_testkit::{check_payload, fd_count, mappings_matching};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use vox_shm::bootstrap::{BootstrapServer, BootstrapStatus, WalkInError, WalkInPolicy};
-use vox_shm::{Link, LinkOptions, LinkTx};
+use vox_shm::{Link, LinkOptions};
 use vox_shm_testkit::check_payload;
 use vox_shm_testkit::harness::{finish, hub, recv, send, SMALL_POOL};
 

@@ -7,22 +7,26 @@
 //! the guest's death as end-of-file on the doorbell at once and no later child
 //! can keep a dead guest's doorbell open.
 //!
-//! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
 //! use std::sync::Arc;
 //! use vox_shm::host::{spawn_guest, HostHub};
 //! use vox_shm::{FileCleanup, Segment, SegmentConfig};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let seg = Segment::create(&dir.path().join("hub.shm"), SegmentConfig::default(), FileCleanup::UnlinkOnDrop)
-//!     .map_err(std::io::Error::other)?;
+//! let seg = Segment::create(&dir.path().join("hub.shm"), SegmentConfig::default(), FileCleanup::UnlinkOnDrop)?;
 //! let hub = HostHub::new(Arc::new(seg));
-//! let (link, child) = spawn_guest(&hub, std::process::Command::new("my-guest"))?;
+//! // A real guest adopts its descriptors with `GuestArgs::connect_from_env`;
+//! // `true` exits at once, and the host's link sees it hang up.
+//! let (link, mut child) = spawn_guest(&hub, std::process::Command::new("true"))?;
+//! assert!(child.wait()?.success());
+//! # drop(link);
 //! # Ok(()) }
 //! ```
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -225,20 +229,7 @@ pub fn spawn_guest_with(
 ) -> Result<(ShmLink, Child), HostError> {
     let (host, ticket) = hub.prepare_peer()?.into_parts();
     let segment_fd = host.segment().try_clone_fd().map_err(HostError::Sockets)?;
-    if let Some(path) = host.segment().path() {
-        cmd.arg(format!("{HUB_PATH_ARG}={}", path.display()));
-    }
-    cmd.arg(format!("{SEGMENT_FD_ARG}={}", segment_fd.as_raw_fd()))
-        .arg(format!("{PEER_ID_ARG}={}", ticket.peer_id.get()))
-        .arg(format!("{}={}", DoorbellHandle::ARG_NAME, ticket.doorbell_arg()))
-        .arg(format!("{MMAP_CONTROL_ARG_NAME}={}", ticket.mmap_rx_arg()))
-        .env(MMAP_TX_FD_ENV, ticket.mmap_tx_arg());
-    let inherit: [RawFd; 4] = [
-        segment_fd.as_raw_fd(),
-        ticket.doorbell.as_raw_fd(),
-        ticket.mmap_rx.as_raw_fd(),
-        ticket.mmap_tx_fd.as_raw_fd(),
-    ];
+    let inherit = pass_to_guest(&mut cmd, host.segment(), &ticket, &segment_fd);
     // SAFETY: the hook runs in the forked child before exec and only calls
     // `fcntl` (async-signal-safe, no allocation) on descriptor numbers that are
     // open in the parent at fork time (the ticket and `segment_fd` outlive
@@ -256,6 +247,51 @@ pub fn spawn_guest_with(
     // The parent's copies of the guest's ends close here.
     drop((ticket, segment_fd));
     Ok((link, child))
+}
+
+/// [`spawn_guest`], with the child as a [`tokio::process::Child`], so a host
+/// can `.wait().await` its guests (or `select!` on their exit) without
+/// blocking its runtime. Must be called inside a tokio runtime.
+///
+/// Cancel safety: not async; the returned child is killed when dropped only
+/// if `cmd` asked for it (`kill_on_drop`), as with tokio's own `Command`.
+pub fn spawn_guest_async(
+    hub: &impl GuestSlots,
+    cmd: Command,
+    options: LinkOptions,
+) -> Result<(ShmLink, tokio::process::Child), HostError> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    let (host, ticket) = hub.prepare_peer()?.into_parts();
+    let segment_fd = host.segment().try_clone_fd().map_err(HostError::Sockets)?;
+    let inherit = pass_to_guest(cmd.as_std_mut(), host.segment(), &ticket, &segment_fd);
+    // SAFETY: as in `spawn_guest_with`: `fcntl` only, in the forked child, on
+    // descriptors open in the parent until after `spawn`.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in inherit {
+                fd::clear_cloexec_raw(fd)?;
+            }
+            Ok(())
+        });
+    }
+    let link = host.into_link_with(options)?;
+    let child = cmd.spawn().map_err(HostError::Spawn)?;
+    drop((ticket, segment_fd));
+    Ok((link, child))
+}
+
+/// Adds the guest's arguments and environment to `cmd`; returns the
+/// descriptors the child must inherit.
+fn pass_to_guest(cmd: &mut Command, segment: &Segment, ticket: &GuestSpawnTicket, segment_fd: &OwnedFd) -> [RawFd; 4] {
+    if let Some(path) = segment.path() {
+        cmd.arg(format!("{HUB_PATH_ARG}={}", path.display()));
+    }
+    cmd.arg(format!("{SEGMENT_FD_ARG}={}", segment_fd.as_raw_fd()))
+        .arg(format!("{PEER_ID_ARG}={}", ticket.peer_id.get()))
+        .arg(format!("{}={}", DoorbellHandle::ARG_NAME, ticket.doorbell_arg()))
+        .arg(format!("{MMAP_CONTROL_ARG_NAME}={}", ticket.mmap_rx_arg()))
+        .env(MMAP_TX_FD_ENV, ticket.mmap_tx_arg());
+    [segment_fd.as_raw_fd(), ticket.doorbell.as_raw_fd(), ticket.mmap_rx.as_raw_fd(), ticket.mmap_tx_fd.as_raw_fd()]
 }
 
 /// Builds a guest's link from its ticket. With `claim_reserved` the guest
@@ -406,24 +442,84 @@ impl GuestArgs {
         Self::parse(std::env::args().skip(1), std::env::var(MMAP_TX_FD_ENV).ok())
     }
 
+    /// The guest's link from this process's own arguments and environment,
+    /// exactly as [`spawn_guest`] passed them: the common guest path.
+    ///
+    /// It is safe where [`GuestArgs::connect`] is not, because it checks
+    /// everything it can before it takes a descriptor: each named descriptor
+    /// must be open, not a standard stream, and a socket of the right type,
+    /// and the segment must validate (attached from a duplicate first); a
+    /// descriptor that fails a check is left as it was. It takes them at most
+    /// once per process ([`HostError::AlreadyAdopted`] after). What no check
+    /// can see is another owner inside this process of one of those very
+    /// descriptors: safe code cannot make one, since that needs an `unsafe`
+    /// `from_raw_fd` on a number it did not open (the descriptors were open
+    /// when the process started, so nothing it opened since has their
+    /// numbers). Must run inside a tokio runtime.
+    pub fn connect_from_env(options: LinkOptions) -> Result<(Arc<Segment>, ShmLink), HostError> {
+        let (args, _) = GuestArgs::from_env()?;
+        // SAFETY: see above; `connect` checks before it adopts.
+        unsafe { args.connect(options) }
+    }
+
+    /// Every descriptor is open, not a standard stream, and of its type.
+    fn check_inherited(&self) -> Result<(), HostError> {
+        let control = [libc::SOCK_SEQPACKET, libc::SOCK_DGRAM];
+        let named: [(&'static str, Option<RawFd>, &[libc::c_int]); 4] = [
+            (SEGMENT_FD_ARG, self.segment_fd, &[]),
+            (DoorbellHandle::ARG_NAME, Some(self.doorbell_fd), &[libc::SOCK_STREAM]),
+            (MMAP_CONTROL_ARG_NAME, Some(self.mmap_control_fd), &control),
+            (MMAP_TX_FD_ENV, self.mmap_tx_fd, &control),
+        ];
+        for (name, fd, types) in named {
+            let Some(fd) = fd else { continue };
+            if (0..=2).contains(&fd) {
+                let problem = "a standard stream, not an inherited descriptor";
+                return Err(GuestArgError::BadValue { name, value: fd.to_string(), problem }.into());
+            }
+            fd::validate_fd(fd).map_err(HostError::Adopt)?;
+            if !types.is_empty() {
+                // SAFETY: open (just checked); the borrow ends here.
+                let got = fd::unix_socket_type(unsafe { BorrowedFd::borrow_raw(fd) }).map_err(HostError::Adopt)?;
+                if !types.contains(&got) {
+                    let e = io::Error::new(io::ErrorKind::InvalidInput, format!("{name}={fd} has socket type {got}"));
+                    return Err(HostError::Adopt(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches the segment, claims the slot and builds the guest's link.
     /// Succeeds at most once per process (the inherited descriptors can only
-    /// be adopted once). Must run inside a tokio runtime.
+    /// be adopted once). Must run inside a tokio runtime. Every descriptor
+    /// is checked before any is taken (see [`GuestArgs::connect_from_env`]).
     ///
     /// # Safety
     /// The descriptor numbers must name descriptors inherited for this guest
     /// that nothing else in the process owns (true for the arguments
     /// [`spawn_guest`] passes, read at start-up).
     pub unsafe fn connect(&self, options: LinkOptions) -> Result<(Arc<Segment>, ShmLink), HostError> {
+        self.check_inherited()?;
+        let segment = match (self.segment_fd, &self.hub_path) {
+            // From a duplicate first: a descriptor that is not a segment is
+            // left as it was.
+            (Some(n), _) => {
+                // SAFETY: open (checked); the borrow ends with the duplicate.
+                let dup = unsafe { BorrowedFd::borrow_raw(n) }.try_clone_to_owned().map_err(HostError::Adopt)?;
+                Segment::attach_fd(dup)?
+            }
+            (None, Some(p)) => Segment::attach(p)?,
+            (None, None) => return Err(GuestArgError::Missing { name: "--hub-path or --segment-fd" }.into()),
+        };
         if GUEST_ARGS_ADOPTED.swap(true, Ordering::AcqRel) {
             return Err(HostError::AlreadyAdopted);
         }
-        let segment = match (self.segment_fd, &self.hub_path) {
-            // SAFETY: the caller's contract: inherited for us, owned by nothing else.
-            (Some(n), _) => Segment::attach_fd(unsafe { fd::adopt_fd(n, None) }.map_err(HostError::Adopt)?),
-            (None, Some(p)) => Segment::attach(p),
-            (None, None) => return Err(GuestArgError::Missing { name: "--hub-path or --segment-fd" }.into()),
-        }?;
+        if let Some(n) = self.segment_fd {
+            // SAFETY: the caller's contract; ours now, and the duplicate maps
+            // the segment, so this copy closes.
+            drop(unsafe { fd::adopt_fd(n, None) }.map_err(HostError::Adopt)?);
+        }
         let segment = Arc::new(segment);
         // SAFETY: as above.
         let bell = unsafe { fd::adopt_fd(self.doorbell_fd, Some(libc::SOCK_STREAM)) }.map_err(HostError::Adopt)?;

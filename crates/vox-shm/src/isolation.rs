@@ -14,13 +14,17 @@
 //! descriptor (ours always do, spawned or walking in); a vox-shm 0.3.1 guest
 //! attaches by path and cannot use it.
 //!
-//! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
 //! use vox_shm::host::spawn_guest;
 //! use vox_shm::isolation::{IsolatedConfig, IsolatedHub};
 //!
 //! let hub = IsolatedHub::new(IsolatedConfig::default());
-//! let (link, child) = spawn_guest(&hub, std::process::Command::new("untrusted-plugin"))?;
+//! // Each guest gets a segment of its own (`true` stands in for a plugin).
+//! let (link, mut child) = spawn_guest(&hub, std::process::Command::new("true"))?;
+//! assert!(child.wait()?.success());
+//! # drop(link);
 //! # Ok(()) }
 //! ```
 

@@ -32,8 +32,8 @@ pub mod peer_table {
 pub use bootstrap::BootstrapError;
 pub use host::{
     create_test_link_pair, create_test_link_pair_with, guest_link_from_raw, guest_link_from_ticket, spawn_guest,
-    AddPeerOptions, GuestArgError, GuestArgs, GuestSlots, GuestSpawnTicket, HostError, HostHub, HostPeer,
-    MultiPeerHostDriver, PreparedPeer, ShmHost,
+    spawn_guest_async, AddPeerOptions, GuestArgError, GuestArgs, GuestSlots, GuestSpawnTicket, HostError, HostHub,
+    HostPeer, MultiPeerHostDriver, PreparedPeer, ShmHost,
 };
 pub use link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, SharedBacking, SplitLink, TransportMode, WriteSlot};
 pub use mmap_registry::{MmapAllocError, MmapResolveError};
@@ -47,3 +47,17 @@ pub use shm_primitives::mmap::FileCleanup;
 pub use shm_primitives::peer::PeerId;
 pub use shm_primitives::varslot::{SizeClassConfig, SlotRef, VarSlotPool};
 pub use shm_primitives::Features;
+
+/// What most programs need, in one import: the link halves and their
+/// methods, the segment, the spawning and walk-in entry points, and the
+/// link traits (for code generic over transports).
+///
+/// ```
+/// use vox_shm::prelude::*;
+/// ```
+pub mod prelude {
+    pub use crate::host::{spawn_guest, spawn_guest_async, GuestArgs, HostHub};
+    pub use crate::link::{Backing, Link, LinkRx, LinkTx, LinkTxPermit, WriteSlot};
+    pub use crate::shm_link::{LinkOptions, ShmLink, ShmLinkRx, ShmLinkTx, WaitStrategy};
+    pub use crate::{Features, FileCleanup, Segment, SegmentConfig};
+}

@@ -11,7 +11,7 @@
 //! exist, so point [`remove_if_stale`] only at directories where our hosts
 //! create their segments.
 //!
-//! ```no_run
+//! ```
 //! use vox_shm::stale::{remove_if_stale, FileState};
 //! match remove_if_stale(std::path::Path::new("/run/my-app/seg.shm")) {
 //!     FileState::Stale { bytes } => println!("removed a stale segment of {bytes} bytes"),

@@ -7,7 +7,7 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 use vox_shm::bootstrap::{connect, serve_one, BootstrapError};
 use vox_shm::host::HostHub;
-use vox_shm::{FileCleanup, Link, LinkOptions, LinkRx, Segment, SegmentConfig, ShmLink, WriteSlot};
+use vox_shm::{FileCleanup, Link, LinkOptions, Segment, SegmentConfig, ShmLink, WriteSlot};
 
 /// A hub in `dir` and a task serving one walk-in guest (session id
 /// `secret`) on `dir/bootstrap.sock`.

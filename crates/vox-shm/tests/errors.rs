@@ -91,3 +91,35 @@ async fn sends_fail_typed() {
     .await
     .expect("a dead peer is PeerGone");
 }
+
+#[tokio::test]
+async fn a_guest_given_the_wrong_descriptors_takes_none_of_them() {
+    use std::io::{Seek, Write};
+    use std::os::fd::AsRawFd;
+    let mut file = tempfile::tempfile().unwrap();
+    let (sock, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (f, s) = (file.as_raw_fd().to_string(), sock.as_raw_fd().to_string());
+    let parse = |seg: &str, bell: &str, ctl: &str| {
+        let a = [
+            format!("--segment-fd={seg}"),
+            "--peer-id=1".into(),
+            format!("--doorbell-fd={bell}"),
+            format!("--mmap-control-fd={ctl}"),
+        ];
+        GuestArgs::parse(a, None).unwrap().0
+    };
+    // A file where a socket belongs, a stream socket where the control
+    // channel belongs, a standard stream: each refused, none closed.
+    for (args, what) in [
+        (parse(&f, &f, &s), "a file as the doorbell"),
+        (parse(&f, &s, &s), "a stream socket as the control channel"),
+        (parse(&f, "1", &s), "stdout as the doorbell"),
+    ] {
+        // SAFETY: nothing is adopted unless every check passes, and these fail.
+        let e = unsafe { args.connect(vox_shm::LinkOptions::default()) }.unwrap_err();
+        assert!(matches!(e, HostError::Adopt(_) | HostError::Args(GuestArgError::BadValue { .. })), "{what}: {e}");
+    }
+    file.write_all(b"still open").unwrap();
+    file.rewind().unwrap();
+    assert!(sock.peer_addr().is_ok(), "the socket is still ours");
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vox_shm::host::create_test_link_pair;
-use vox_shm::{FileCleanup, Link, LinkRx, LinkTx, LinkTxPermit, Segment, SegmentConfig, SizeClassConfig, WriteSlot};
+use vox_shm::{FileCleanup, Link, LinkTx, LinkTxPermit, Segment, SegmentConfig, SizeClassConfig, WriteSlot};
 
 /// A segment file in `dir` with `guests` guest slots, rings of `ring` bytes
 /// and `slots` slots of 4 KiB.
@@ -53,7 +53,7 @@ mod negotiation {
     use vox_shm::host::{create_test_link_pair_with, HostHub};
     use vox_shm::segment::RingEnd;
     use vox_shm::{
-        Features, FileCleanup, Link, LinkOptions, LinkRx, Segment, SegmentConfig, ShmLinkRxError, SizeClassConfig,
+        Features, FileCleanup, Link, LinkOptions, Segment, SegmentConfig, ShmLinkRxError, SizeClassConfig,
         WaitStrategy, WriteSlot,
     };
 

@@ -23,6 +23,7 @@ pub mod offsets {
 
 /// A BipBuffer header in shared memory. The producer's words and the
 /// consumer's words sit on separate 64-byte cache lines.
+#[derive(Debug)]
 #[repr(C, align(64))]
 pub struct BipBufHeader {
     pub(super) write: AtomicU32,

@@ -36,6 +36,7 @@ pub mod offsets {
 }
 
 /// One size class: slot size, count and free-list head.
+#[derive(Debug)]
 #[repr(C, align(64))]
 pub struct SizeClassHeader {
     pub(super) slot_size: AtomicU32,
@@ -58,6 +59,7 @@ impl SizeClassHeader {
 }
 
 /// Per-slot metadata.
+#[derive(Debug)]
 #[repr(C)]
 pub struct VarSlotMeta {
     pub(super) generation: AtomicU32,

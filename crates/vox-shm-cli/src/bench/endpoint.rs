@@ -5,7 +5,7 @@ use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use vox_shm::{LinkRx, LinkTx, ShmLinkRx, ShmLinkTx, WriteSlot};
+use vox_shm::{ShmLinkRx, ShmLinkTx, WriteSlot};
 
 use super::wire::{consume, stamp};
 
@@ -48,7 +48,7 @@ impl Tx {
     /// Ends the sending direction.
     pub async fn close(self) -> io::Result<()> {
         match self {
-            Tx::Shm(tx) => tx.close().await,
+            Tx::Shm(tx) => Ok(tx.close().await?),
             Tx::Uds { mut sock, .. } => sock.shutdown().await,
         }
     }

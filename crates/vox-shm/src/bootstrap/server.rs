@@ -113,24 +113,40 @@ pub enum WalkInError {
     Bootstrap(#[from] BootstrapError),
 }
 
+impl WalkInError {
+    /// The `io::ErrorKind` it converts to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            WalkInError::NotAllowed { .. } => io::ErrorKind::PermissionDenied,
+            WalkInError::Deadline(_) => io::ErrorKind::TimedOut,
+            WalkInError::Bootstrap(e) => e.kind(),
+        }
+    }
+}
+
+crate::io_error::into_io_error!(WalkInError);
+
 /// Serves walk-in guests on a Unix socket, many at a time.
 ///
-/// ```no_run
-/// # async fn demo(hub: vox_shm::HostHub) -> Result<(), Box<dyn std::error::Error>> {
-/// use vox_shm::bootstrap::{BootstrapServer, WalkInPolicy};
-/// let mut server = BootstrapServer::bind(
-///     std::path::Path::new("/run/my-host/bootstrap.sock"),
-///     hub,
-///     |sid: &[u8]| sid == b"my-session",
-///     WalkInPolicy::default(),
-///     vox_shm::LinkOptions::default(),
-/// )?;
-/// while let Some(walk_in) = server.accept().await {
-///     match walk_in {
-///         Ok(w) => println!("guest {} (pid {:?}, uid {}) walked in", w.peer_id, w.pid, w.uid),
-///         Err(e) => eprintln!("refused: {e}"),
-///     }
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use vox_shm::bootstrap::{self, BootstrapServer, WalkInPolicy};
+/// use vox_shm::{Features, HostHub, LinkOptions, Segment, SegmentConfig};
+///
+/// let hub = HostHub::new(Arc::new(Segment::create_anonymous(SegmentConfig::default(), Features::ALL)?));
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("bootstrap.sock");
+/// let accept = |sid: &[u8]| sid == b"my-session";
+/// let mut server = BootstrapServer::bind(&path, hub, accept, WalkInPolicy::default(), LinkOptions::default())?;
+/// // A guest (another process, normally) walks in with the path and session id.
+/// let guest = tokio::spawn(async move { bootstrap::connect(&path, b"my-session", LinkOptions::default()).await });
+/// match server.accept().await.expect("serving") {
+///     Ok(w) => println!("guest {} (pid {:?}, uid {}) walked in", w.peer_id, w.pid, w.uid),
+///     Err(e) => eprintln!("refused: {e}"),
 /// }
+/// guest.await??;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]

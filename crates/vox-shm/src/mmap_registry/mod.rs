@@ -365,6 +365,17 @@ pub struct MmapBacking {
     on_release: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
+impl std::fmt::Debug for MmapBacking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmapBacking")
+            .field("map_id", &self.mapping.map_id)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("copied", &self.copy.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MmapBacking {
     /// Runs `f` after each release is counted (to wake a sender waiting for
     /// mapping space).

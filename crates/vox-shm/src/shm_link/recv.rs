@@ -223,7 +223,7 @@ impl ShmLinkRx {
                 // the deferred releases now (it may be waiting for exactly
                 // that). Its flag shares the cache line of `write`, which we
                 // just loaded, so looking is nearly free; before we sleep we
-                // publish regardless (see `recv_inner`). A drained tail handed
+                // publish regardless (see `recv`). A drained tail handed
                 // back counts as freed space too.
                 let producer_waits = self.core.rx_ring.header().producer_waiting().load(Ordering::Relaxed) != 0;
                 let flushed = self.consumer.has_unpublished() && producer_waits && self.consumer.flush();
@@ -326,7 +326,15 @@ impl ShmLinkRx {
         })))
     }
 
-    pub(super) async fn recv_inner(&mut self) -> Result<Option<Backing>, ShmLinkRxError> {
+    /// The next message, or `Ok(None)` once the peer closed its sending half
+    /// (after everything it sent before). Slot and mapping payloads are the
+    /// sender's bytes in shared memory, not copies; they go back to the
+    /// sender when the [`Backing`] drops. After an error this half stays
+    /// failed and returns [`ShmLinkRxError::Failed`] with the first error.
+    ///
+    /// Cancel safety: cancel-safe. A message is taken from the ring only in
+    /// the poll that returns it, so dropping the future loses nothing.
+    pub async fn recv(&mut self) -> Result<Option<Backing>, ShmLinkRxError> {
         if let Some(e) = &self.failed {
             return Err(ShmLinkRxError::Failed(Box::new(e.clone())));
         }
@@ -450,6 +458,6 @@ impl LinkRx for ShmLinkRx {
     type Error = ShmLinkRxError;
 
     fn recv(&mut self) -> impl std::future::Future<Output = Result<Option<Backing>, ShmLinkRxError>> + Send + '_ {
-        self.recv_inner()
+        ShmLinkRx::recv(self)
     }
 }

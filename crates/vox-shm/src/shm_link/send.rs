@@ -129,6 +129,47 @@ impl ShmLinkTx {
         snapshot(&self.core.counters, reg.as_ref().map(|g| &g.registry))
     }
 
+    /// Sends `bytes` as one message: waits for room (backpressure), copies
+    /// them once, to their final place in shared memory, and publishes them.
+    /// To write a payload in place instead (no copy at all), use
+    /// [`reserve`](Self::reserve), [`ShmTxPermit::alloc`] and
+    /// [`ShmWriteSlot::commit`].
+    ///
+    /// Cancel safety: cancel-safe. Its only wait is `reserve`'s; dropping the
+    /// future there sends nothing, and once it has room it finishes without
+    /// waiting again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use vox_shm::prelude::*;
+    /// let segment = std::sync::Arc::new(Segment::create_anonymous(SegmentConfig::default(), Features::ALL)?);
+    /// let (host, guest) = vox_shm::create_test_link_pair(segment).await?;
+    /// let ((tx, _), (_, mut rx)) = (host.split(), guest.split());
+    /// tx.send(b"hello").await?;
+    /// assert_eq!(rx.recv().await?.unwrap().as_bytes(), b"hello");
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&self, bytes: &[u8]) -> Result<(), ShmLinkTxError> {
+        let mut slot = self.reserve().await?.alloc(bytes.len())?;
+        slot.as_mut_slice().copy_from_slice(bytes);
+        slot.commit();
+        Ok(())
+    }
+
+    /// Closes the sending direction: the peer receives everything sent
+    /// before, then end of stream (`Ok(None)`). Dropping the half does the
+    /// same. Cancel-safe: if dropped while waiting for a permit in use to be
+    /// given back, the close still happens when it is.
+    pub async fn close(self) -> Result<(), ShmLinkTxError> {
+        let mut st = self.state.clone().lock_owned().await;
+        if !st.closed {
+            st.closed = true;
+            self.core.publish_close();
+        }
+        Ok(())
+    }
+
     /// Waits for room for one message (see the module docs): the typed form
     /// of [`LinkTx::reserve`]. Cancel-safe: dropping the future before it
     /// completes takes nothing.
@@ -220,14 +261,7 @@ impl LinkTx for ShmLinkTx {
 
     #[allow(clippy::manual_async_fn)] // the trait promises a `Send` future
     fn close(self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        async move {
-            let mut st = self.state.clone().lock_owned().await;
-            if !st.closed {
-                st.closed = true;
-                self.core.publish_close();
-            }
-            Ok(())
-        }
+        async move { Ok(ShmLinkTx::close(self).await?) }
     }
 }
 
