@@ -14,6 +14,8 @@ pub fn run(paths: &[PathBuf], dry_run: bool) -> Res {
     }
     let (mut removed, mut bytes, mut in_use) = (0u64, 0u64, 0u64);
     for path in paths {
+        // A path that does not exist is a mistake to report, not a file to skip.
+        std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let named = !path.is_dir();
         let files: Vec<PathBuf> = if named {
             vec![path.clone()]
@@ -51,14 +53,7 @@ pub fn run(paths: &[PathBuf], dry_run: bool) -> Res {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
+use crate::demo::human_bytes as human;
 
 #[cfg(test)]
 mod tests {

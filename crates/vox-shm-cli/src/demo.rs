@@ -23,6 +23,16 @@ fn pattern(seq: u32, len: usize) -> impl Iterator<Item = u8> {
 
 pub fn run(path: Option<PathBuf>, rounds: u32) -> Res {
     let dir = tempfile::tempdir()?;
+    if let Some(p) = &path {
+        // Never replace (and then delete) a file the demo did not create.
+        if std::fs::symlink_metadata(p).is_ok() {
+            return Err(format!(
+                "{}: already exists; the demo creates a new file and will not replace it",
+                p.display()
+            )
+            .into());
+        }
+    }
     let path = path.unwrap_or_else(|| dir.path().join("demo.shm"));
     let config = SegmentConfig {
         max_guests: 4,
@@ -39,12 +49,14 @@ pub fn run(path: Option<PathBuf>, rounds: u32) -> Res {
         use tokio::signal::unix::{signal, SignalKind};
         (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
     };
-    let segment = Arc::new(Segment::create(&path, config, FileCleanup::UnlinkOnDrop)?);
+    let segment = Segment::create(&path, config, FileCleanup::UnlinkOnDrop)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let segment = Arc::new(segment);
     println!(
-        "host  pid {}: created {} ({} KiB: {} guest slots, {} KiB rings, slots {}x4 KiB + {}x64 KiB)",
+        "host  pid {}: created {} ({}: {} guest slots, {} KiB rings, slots {}x4 KiB + {}x64 KiB)",
         std::process::id(),
         path.display(),
-        segment.layout().total_size / 1024,
+        human_bytes(segment.layout().total_size),
         segment.max_guests(),
         segment.bipbuf_capacity() / 1024,
         CLASSES[0].slot_count,
@@ -122,7 +134,7 @@ pub fn guest(rest: Vec<String>) -> Res {
     let (args, _) = GuestArgs::parse(rest, std::env::var(vox_shm::host::MMAP_TX_FD_ENV).ok())?;
     runtime()?.block_on(async {
         // SAFETY: these descriptors were inherited for us by the demo host and
-        // are adopted once, here at start-up.
+        // are adopted once, here at start-up (checked before they are taken).
         let (_segment, link) = unsafe { args.connect(LinkOptions::default()) }?;
         let (tx, mut rx) = link.split();
         let mut n = 0u64;
@@ -141,11 +153,24 @@ pub fn guest(rest: Vec<String>) -> Res {
     })
 }
 
+/// A payload size as the demo and the benchmark name it: exact (`64 B`,
+/// `32 KiB`, `4 MiB`), which sizes chosen as powers of two always are.
 pub fn human_size(n: usize) -> String {
     match n {
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
-        n => format!("{n} B"),
+        n => human_bytes(n as u64),
+    }
+}
+
+/// Any byte count, for a person: the one formatter for amounts (files,
+/// totals), with one decimal above a KiB.
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
     }
 }
 

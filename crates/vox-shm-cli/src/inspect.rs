@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use vox_shm::inspect::{monotonic_ns, RingSnapshot, SegmentSnapshot, SegmentView};
+use vox_shm::peer_table::PeerState;
 
 use crate::Res;
 
@@ -156,8 +157,9 @@ pub fn render(path: &Path, s: &SegmentSnapshot, in_use: Option<bool>) -> String 
     let _ = writeln!(o, "segment {}", path.display());
     let _ = writeln!(
         o,
-        "  format v{}  {} bytes (file {} bytes)  {} guest slots  rings {} B  inline <= {} B  max payload {} B",
+        "  format v{}  {} ({} bytes; file {} bytes)  {} guest slots  rings {} B  inline <= {} B  max payload {} B",
         h.version,
+        crate::demo::human_bytes(h.total_size),
         h.total_size,
         s.file_len,
         h.max_guests,
@@ -225,22 +227,94 @@ pub fn render(path: &Path, s: &SegmentSnapshot, in_use: Option<bool>) -> String 
 }
 
 pub fn run(path: &Path, json: bool, watch: bool, interval_ms: u64) -> Res {
+    use std::io::{IsTerminal, Write};
     let view = SegmentView::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let identity = file_identity(path);
+    // On a terminal, --watch redraws in place; into a pipe or a file it
+    // appends (JSON Lines with --json), and never writes escape sequences.
+    let tty = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut last: Option<Vec<(u8, PeerState, u32)>> = None;
     loop {
         let snap = view.snapshot(monotonic_ns());
         // Already validated above: only the lock is left to look at.
         let in_use = vox_shm::stale::lock_if_unheld(path).ok().map(|unheld| unheld.is_none());
-        let text =
-            if json { serde_json::to_string_pretty(&to_json(&snap, in_use))? } else { render(path, &snap, in_use) };
-        if watch {
-            // Clear the screen and home the cursor.
-            print!("\x1b[2J\x1b[H{text}");
-            use std::io::Write;
-            std::io::stdout().flush()?;
-            std::thread::sleep(Duration::from_millis(interval_ms.max(50)));
-        } else {
-            println!("{text}");
+        if !watch {
+            let text =
+                if json { serde_json::to_string_pretty(&to_json(&snap, in_use))? } else { render(path, &snap, in_use) };
+            writeln!(out, "{text}")?;
             return Ok(());
         }
+        let text = match (json, tty) {
+            (true, true) => serde_json::to_string_pretty(&to_json(&snap, in_use))?,
+            (true, false) => serde_json::to_string(&to_json(&snap, in_use))?,
+            (false, _) => render(path, &snap, in_use),
+        };
+        if tty {
+            // Clear the screen and home the cursor.
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        writeln!(out, "{text}")?;
+        let peers: Vec<(u8, PeerState, u32)> = snap.peers.iter().map(|p| (p.id.get(), p.state, p.guest_pid)).collect();
+        let mut events = Vec::new();
+        if let Some(before) = &last {
+            for (&(id, was, pid), &(_, now, new_pid)) in before.iter().zip(&peers) {
+                match (was == PeerState::Attached, now == PeerState::Attached) {
+                    (false, true) => events.push(Event::GuestArrived { peer: id, pid: new_pid }),
+                    (true, false) => events.push(Event::GuestLeft { peer: id, pid }),
+                    _ => {}
+                }
+            }
+        }
+        last = Some(peers);
+        let host_gone = if snap.header.host_goodbye != 0 {
+            Some("the host said goodbye")
+        } else if file_identity(path) != identity {
+            Some("the segment file was removed or replaced")
+        } else if in_use == Some(false) {
+            Some("no process holds the segment any more")
+        } else {
+            None
+        };
+        if let Some(why) = host_gone {
+            events.push(Event::HostGone { why });
+        }
+        for e in &events {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(e)?)?;
+            } else {
+                writeln!(out, "{}", e.text())?;
+            }
+        }
+        out.flush()?;
+        if host_gone.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(interval_ms.max(50)));
     }
+}
+
+/// What `--watch` reports between snapshots.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event {
+    GuestArrived { peer: u8, pid: u32 },
+    GuestLeft { peer: u8, pid: u32 },
+    HostGone { why: &'static str },
+}
+
+impl Event {
+    fn text(&self) -> String {
+        match self {
+            Event::GuestArrived { peer, pid } => format!("event: guest {peer} (pid {pid}) attached"),
+            Event::GuestLeft { peer, pid } => format!("event: guest {peer} (pid {pid}) left"),
+            Event::HostGone { why } => format!("event: the host is gone ({why}); stopping"),
+        }
+    }
+}
+
+/// The file at `path` as (device, inode), if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Shared-memory transport between processes: demo, benchmark, inspect.
+/// Shared-memory transport between processes: demo, benchmark, inspect, clean.
 #[derive(Debug, Parser)]
 #[command(name = "vox-shm", version, about)]
 struct Cli {
@@ -29,11 +29,12 @@ struct Cli {
 enum Command {
     /// Start a guest process and exchange messages of all three tiers with it.
     Demo {
-        /// Create the segment file here instead of in a temporary directory.
+        /// Create the segment file here instead of in a temporary directory
+        /// (a new file: an existing one is never replaced; removed at the end).
         #[arg(long)]
         path: Option<PathBuf>,
-        /// Round trips per tier.
-        #[arg(long, default_value_t = 200)]
+        /// Round trips per tier (at least 1).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
     },
     /// Two-process benchmarks against a tokio UnixStream, measured in the same run.
@@ -89,6 +90,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo { .. } | Command::Inspect { .. } | Command::Clean { .. }) {
+        // `vox-shm inspect … | head` ends quietly when `head` exits, as other
+        // commands do, instead of panicking on the failed write. Our own
+        // sockets never raise SIGPIPE (every send passes MSG_NOSIGNAL).
+        // SAFETY: restoring a signal's default disposition, before any thread
+        // starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Demo { path, rounds } => demo::run(path, rounds),
         Command::Bench(args) => bench::run(args),

@@ -260,3 +260,70 @@ fn a_terminated_demo_removes_its_segment_file() {
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
     assert!(!path.exists(), "the segment file is removed on SIGTERM");
 }
+
+#[test]
+fn demo_never_replaces_a_file_and_rejects_zero_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("notes.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let out = run(&["demo", "--path", precious.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(precious.to_str().unwrap()), "the error names the path: {}", text(&out));
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me", "the file is untouched");
+    let out = run(&["demo", "--rounds", "0"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {}", text(&out));
+    let out = run(&["demo", "--path", "/nonexistent-dir/x.shm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("/nonexistent-dir/x.shm"), "{}", text(&out));
+}
+
+#[test]
+fn output_cut_short_by_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _seg) = live_segment(dir.path());
+    for cmd in [format!("{BIN} inspect {} | head -c 10", path.display()), format!("{BIN} demo --rounds 5 | head -1")] {
+        let out = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn errors_name_what_failed_before_any_long_work() {
+    let out = run(&["clean", "--dry-run", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("/nonexistent") && !text(&out).contains("not a segment"), "{}", text(&out));
+    let started = std::time::Instant::now();
+    let out = run(&["bench", "--json", "/bad/dir/x.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("/bad/dir/x.json"), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "checked before the benchmark runs");
+}
+
+#[test]
+fn watching_into_a_pipe_writes_json_lines_and_notices_the_host_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, seg) = live_segment(dir.path());
+    // Bounded: if it never noticed, `timeout` would end it (and the test fail).
+    let watch = Command::new("timeout")
+        .args(["20", BIN, "inspect", "--json", "--watch", "--interval-ms", "100", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The guest leaves, then the host goes (its file with it).
+    seg.detach_peer(vox_shm::PeerId::new(1).unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    std::fs::remove_file(&path).unwrap();
+    drop(seg);
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "it stopped by itself: {:?}", out.status);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON value per line"))
+        .collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    assert!(lines.iter().any(|l| l["event"] == "guest_left" && l["peer"] == 1), "{lines:?}");
+    assert_eq!(lines.last().unwrap()["event"], "host_gone", "{lines:?}");
+}

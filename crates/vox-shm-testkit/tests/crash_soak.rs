@@ -90,7 +90,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
             }
         };
         assert!(
-            matches!(end, Err(ShmLinkRxError::PeerDead { peer: 1 })),
+            matches!(end, Err(ShmLinkRxError::PeerDead { peer: 1, host: false })),
             "cycle {cycle}: after {got} messages (guest committed {committed}) the stream ended with {end:?}"
         );
         assert!(got >= committed, "cycle {cycle}: guest committed {committed} messages, host got {got}");

@@ -118,7 +118,7 @@ async fn sigkill_delivers_everything_committed_then_reports_death() {
             other => break other,
         }
     };
-    assert!(matches!(end, Err(ShmLinkRxError::PeerDead { peer: 1 })), "got {end:?} after {next} messages");
+    assert!(matches!(end, Err(ShmLinkRxError::PeerDead { peer: 1, host: false })), "got {end:?} after {next} messages");
     assert!(tx.reserve().await.is_err(), "sending to a dead peer fails");
     drop((tx, rx));
     // The host recovered the slot: the same peer id is free again, and every
@@ -153,7 +153,7 @@ async fn a_host_announcing_to_a_dead_guest_still_delivers_the_guests_mapping_mes
         let m = recv(&mut rx).await.unwrap_or_else(|e| panic!("message {seq}: {e}"));
         check_payload(seq, mixed(seq), m.expect("message").as_bytes()).unwrap();
     }
-    assert!(matches!(recv(&mut rx).await, Err(ShmLinkRxError::PeerDead { peer: 1 })));
+    assert!(matches!(recv(&mut rx).await, Err(ShmLinkRxError::PeerDead { peer: 1, host: false })));
 }
 
 /// A guest that cannot be trusted with a mapping: a file nobody can seal is

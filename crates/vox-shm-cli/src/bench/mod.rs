@@ -92,6 +92,10 @@ pub fn run(args: BenchArgs) -> Res {
     if selected.is_empty() {
         return Err("no benchmark case matches the filter".into());
     }
+    // Check the outputs before a run of minutes, not after it.
+    for p in [&args.json, &args.svg].into_iter().flatten() {
+        writable(p)?;
+    }
     let exe = std::env::current_exe()?;
     let bar = indicatif::ProgressBar::new(selected.len() as u64);
     bar.set_style(
@@ -119,11 +123,11 @@ pub fn run(args: BenchArgs) -> Res {
             "quick": args.quick,
             "results": results,
         });
-        std::fs::write(p, serde_json::to_string_pretty(&doc)?)?;
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?).map_err(|e| format!("{}: {e}", p.display()))?;
         println!("wrote {}", p.display());
     }
     if let Some(p) = &args.svg {
-        std::fs::write(p, svg::chart(&results))?;
+        std::fs::write(p, svg::chart(&results)).map_err(|e| format!("{}: {e}", p.display()))?;
         println!("wrote {}", p.display());
     }
     let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).map(|r| r.case.name()).collect();
@@ -164,6 +168,16 @@ fn run_case(exe: &std::path::Path, case: &Case, limit: Duration) -> Res<Measured
     }
     let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or("host printed no result")?;
     Ok(serde_json::from_str(line)?)
+}
+
+/// Fails, naming `path`, unless a file can be written there: its directory
+/// exists and takes new files (a file already there is left as it is).
+fn writable(path: &std::path::Path) -> Res {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
 /// Restricts this process (and the children it spawns) to the first CPU it
@@ -288,7 +302,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             m.elapsed_s = secs;
             m.messages = case.count;
             m.msgs_per_s = case.count as f64 / secs;
-            m.bytes_per_s = (case.count * case.size as u64) as f64 / secs;
+            m.bytes_per_s = Some((case.count * case.size as u64) as f64 / secs);
         }
         Kind::Duplex => {
             let started = Instant::now();
@@ -299,7 +313,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             m.elapsed_s = secs;
             m.messages = 2 * n;
             m.msgs_per_s = (2 * n) as f64 / secs;
-            m.bytes_per_s = (2 * n * size as u64) as f64 / secs;
+            m.bytes_per_s = Some((2 * n * size as u64) as f64 / secs);
         }
         Kind::Rpc => {
             let (t, r, lat, secs) = rpc_calls(tx, rx, case).await?;
@@ -485,12 +499,11 @@ fn fmt_ns(ns: u64) -> String {
 }
 
 fn fmt_rate(m: &Measured, case: &Case) -> String {
-    if case.kind == Kind::Rpc {
-        format!("{:.1} k calls/s", m.msgs_per_s / 1e3)
-    } else if case.size >= 16 * 1024 {
-        format!("{:.2} GiB/s", m.bytes_per_s / (1u64 << 30) as f64)
-    } else {
-        format!("{:.2} M msg/s", m.msgs_per_s / 1e6)
+    match (case.kind, m.bytes_per_s) {
+        (Kind::Rpc, _) => format!("{:.1} k calls/s", m.msgs_per_s / 1e3),
+        (Kind::RoundTrip, _) => format!("{:.1} k RT/s", m.msgs_per_s / 1e3),
+        (_, Some(b)) if case.size >= 16 * 1024 => format!("{:.2} GiB/s", b / (1u64 << 30) as f64),
+        _ => format!("{:.2} M msg/s", m.msgs_per_s / 1e6),
     }
 }
 

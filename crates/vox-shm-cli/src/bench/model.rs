@@ -26,6 +26,7 @@ pub enum Kind {
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     /// tokio UnixStream, 4-byte length prefix.
+    #[serde(rename = "unix-stream")]
     Uds,
     /// vox-shm, sleeping on the doorbell at once.
     ShmPark,
@@ -104,8 +105,9 @@ pub struct Measured {
     pub p999_ns: u64,
     /// Messages per second (both directions for duplex).
     pub msgs_per_s: f64,
-    /// Payload bytes per second.
-    pub bytes_per_s: f64,
+    /// Payload bytes per second (one-way and duplex streams only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_s: Option<f64>,
     /// Doorbell signals the host wrote (vox-shm only).
     pub host_signals: u64,
     pub messages: u64,

@@ -33,7 +33,7 @@ pub enum AttachError {
     #[error("cannot open segment: {0}")]
     Io(#[from] io::Error),
     /// The file is not a valid segment.
-    #[error("not a valid vox segment v7: {0}")]
+    #[error("invalid segment: {0}")]
     BadHeader(#[from] HeaderError),
 }
 

@@ -80,10 +80,12 @@ pub enum ShmLinkRxError {
         error: MmapResolveError,
     },
     /// The peer vanished without closing (a crash).
-    #[error("peer {peer} died")]
+    #[error("{}", if *host { format!("the host died (this guest was peer {peer})") } else { format!("guest {peer} died") })]
     PeerDead {
-        /// The peer.
+        /// The link's peer id (the guest's).
         peer: u8,
+        /// The one that died was the host (we are its guest).
+        host: bool,
     },
     /// This half failed earlier, for this reason.
     #[error("link failed earlier: {0}")]
@@ -449,8 +451,8 @@ impl ShmLinkRx {
         if sh.peer_features().is_some_and(|f| !f.contains(Features::INBAND_CLOSE)) {
             return Ok(Some(Ok(None)));
         }
-        let peer = sh.peer.get();
-        Ok(Some(Err(self.fail(ShmLinkRxError::PeerDead { peer }))))
+        let (peer, host) = (sh.peer.get(), sh.side == Side::Guest);
+        Ok(Some(Err(self.fail(ShmLinkRxError::PeerDead { peer, host }))))
     }
 }
 
