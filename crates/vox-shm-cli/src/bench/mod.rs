@@ -17,7 +17,7 @@ use vox_shm::{Features, Link, LinkOptions, Segment, SegmentConfig, SizeClassConf
 
 use crate::{runtime, Res};
 use endpoint::{Rx, Tx};
-use model::ratio;
+use model::{fmt_ns, kernel, ratio, ratio_range};
 pub use model::{Case, CaseResult, Kind, Measured, Pool, Transport};
 
 /// Options of `vox-shm bench`.
@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Fewer iterations (a few seconds instead of about fifteen on two cores).
     #[arg(long)]
     pub quick: bool,
+    /// Run every case this many times (interleaved: each round runs every
+    /// case once); the table and chart show the median and the spread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub runs: u32,
     /// Write machine-readable results here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -97,37 +101,41 @@ pub fn run(args: BenchArgs) -> Res {
         writable(p)?;
     }
     let exe = std::env::current_exe()?;
-    let bar = indicatif::ProgressBar::new(selected.len() as u64);
+    let bar = indicatif::ProgressBar::new(selected.len() as u64 * u64::from(args.runs));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {msg}").map_err(|e| e.to_string())?,
     );
-    let mut results = Vec::new();
-    for case in selected {
-        bar.set_message(case.name());
-        let r = run_case(&exe, &case, Duration::from_secs(args.case_timeout));
-        results.push(CaseResult {
-            workload: case.workload(),
-            transport: case.transport.label().to_string(),
-            measured: r.as_ref().ok().cloned(),
-            error: r.err().map(|e| e.to_string()),
-            case,
-        });
-        bar.inc(1);
+    let mut runs: Vec<(Vec<Measured>, Option<String>)> = vec![(Vec::new(), None); selected.len()];
+    for round in 0..args.runs {
+        for (case, (ok, err)) in selected.iter().zip(runs.iter_mut()) {
+            bar.set_message(format!("{} (run {})", case.name(), round + 1));
+            match run_case(&exe, case, Duration::from_secs(args.case_timeout)) {
+                Ok(m) => ok.push(m),
+                Err(e) => *err = Some(e.to_string()),
+            }
+            bar.inc(1);
+        }
     }
+    let results: Vec<CaseResult> =
+        selected.into_iter().zip(runs).map(|(case, (ok, err))| CaseResult::from_runs(case, ok, err)).collect();
     bar.finish_and_clear();
     let table = render_table(&results);
     println!("{table}");
+    let meta = svg::Meta::now();
     if let Some(p) = &args.json {
         let doc = serde_json::json!({
-            "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel() },
+            "date": meta.date,
+            "commit": meta.commit,
+            "machine": { "description": meta.machine, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": kernel() },
             "quick": args.quick,
+            "runs": args.runs,
             "results": results,
         });
         std::fs::write(p, serde_json::to_string_pretty(&doc)?).map_err(|e| format!("{}: {e}", p.display()))?;
         println!("wrote {}", p.display());
     }
     if let Some(p) = &args.svg {
-        std::fs::write(p, svg::chart(&results)).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(p, svg::chart(&results, &meta)).map_err(|e| format!("{}: {e}", p.display()))?;
         println!("wrote {}", p.display());
     }
     let failed: Vec<_> = results.iter().filter(|r| r.error.is_some()).map(|r| r.case.name()).collect();
@@ -135,10 +143,6 @@ pub fn run(args: BenchArgs) -> Res {
         return Err(format!("{} case(s) failed: {}", failed.len(), failed.join(", ")).into());
     }
     Ok(())
-}
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Runs one case in a fresh host process (which spawns its guest).
@@ -490,14 +494,6 @@ async fn both_ways(tx: &mut Tx, rx: &mut Rx, sends: u64, size: usize, receives: 
     tokio::try_join!(sender, receiver).map(|_| ())
 }
 
-fn fmt_ns(ns: u64) -> String {
-    match ns {
-        n if n >= 1_000_000 => format!("{:.2} ms", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.2} µs", n as f64 / 1e3),
-        n => format!("{n} ns"),
-    }
-}
-
 fn fmt_rate(m: &Measured, case: &Case) -> String {
     match (case.kind, m.bytes_per_s) {
         (Kind::Rpc, _) => format!("{:.1} k calls/s", m.msgs_per_s / 1e3),
@@ -532,7 +528,11 @@ pub fn render_table(results: &[CaseResult]) -> String {
                 let ratio = if r.case.transport == Transport::Uds {
                     "1.00x".to_string()
                 } else {
-                    ratio(r, results).map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into())
+                    match (ratio(r, results), ratio_range(r, results)) {
+                        (Some(x), Some((lo, hi))) => format!("{x:.2}x ({lo:.1}-{hi:.1})"),
+                        (Some(x), None) => format!("{x:.2}x"),
+                        _ => "-".into(),
+                    }
                 };
                 let signals = if r.case.transport == Transport::Uds { "-".into() } else { m.host_signals.to_string() };
                 let _ = writeln!(

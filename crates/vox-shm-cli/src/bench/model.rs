@@ -122,27 +122,107 @@ pub struct CaseResult {
     pub case: Case,
     pub workload: String,
     pub transport: String,
+    /// The median run (by the figure the ratio compares).
     pub measured: Option<Measured>,
+    /// Every successful run, in the order they ran (with `--runs N`).
+    #[serde(default)]
+    pub runs: Vec<Measured>,
     pub error: Option<String>,
 }
 
-/// The speed-up of a vox-shm result over the UnixStream result of the same
-/// workload (latency: uds/shm at p50; throughput: shm/uds).
-pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
-    let m = r.measured.as_ref()?;
-    let base = all
-        .iter()
-        .find(|b| {
-            b.case.transport == Transport::Uds
-                && b.case.kind == r.case.kind
-                && b.case.size == r.case.size
-                && b.case.callers == r.case.callers
-                && b.case.one_cpu == r.case.one_cpu
-        })?
-        .measured
-        .as_ref()?;
-    Some(match r.case.kind {
+impl CaseResult {
+    /// A result from its runs: the median one is `measured`.
+    pub fn from_runs(case: Case, runs: Vec<Measured>, error: Option<String>) -> CaseResult {
+        let mut sorted = runs.clone();
+        sorted.sort_by(|a, b| key(case.kind, a).total_cmp(&key(case.kind, b)));
+        CaseResult {
+            workload: case.workload(),
+            transport: case.transport.label().to_string(),
+            measured: sorted.get(sorted.len() / 2).cloned(),
+            runs,
+            error,
+            case,
+        }
+    }
+}
+
+/// The figure a ratio compares: p50 latency for round trips (lower is
+/// better, so negated), messages or calls per second otherwise.
+fn key(kind: Kind, m: &Measured) -> f64 {
+    match kind {
+        Kind::RoundTrip => -(m.p50_ns as f64),
+        _ => m.msgs_per_s,
+    }
+}
+
+/// The UnixStream result of the same workload.
+fn baseline<'a>(r: &CaseResult, all: &'a [CaseResult]) -> Option<&'a CaseResult> {
+    all.iter().find(|b| {
+        b.case.transport == Transport::Uds
+            && b.case.kind == r.case.kind
+            && b.case.size == r.case.size
+            && b.case.callers == r.case.callers
+            && b.case.one_cpu == r.case.one_cpu
+    })
+}
+
+fn ratio_of(kind: Kind, m: &Measured, base: &Measured) -> f64 {
+    match kind {
         Kind::RoundTrip => base.p50_ns as f64 / m.p50_ns.max(1) as f64,
         _ => m.msgs_per_s / base.msgs_per_s.max(1e-9),
+    }
+}
+
+/// The speed-up of a vox-shm result over the UnixStream result of the same
+/// workload (latency: uds/shm at p50; throughput: shm/uds), medians.
+/// With repeated runs it is the median of the per-run ratios (see
+/// [`ratio_range`]), so it always lies inside their spread.
+pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
+    let base = baseline(r, all)?;
+    let mut per_run: Vec<f64> = r.runs.iter().zip(&base.runs).map(|(m, b)| ratio_of(r.case.kind, m, b)).collect();
+    if per_run.len() >= 2 {
+        per_run.sort_by(f64::total_cmp);
+        return Some(per_run[per_run.len() / 2]);
+    }
+    Some(ratio_of(r.case.kind, r.measured.as_ref()?, base.measured.as_ref()?))
+}
+
+/// The lowest and highest ratio over repeated runs (run i against the
+/// baseline's run i, which ran right before it), if there were several.
+pub fn ratio_range(r: &CaseResult, all: &[CaseResult]) -> Option<(f64, f64)> {
+    let base = baseline(r, all)?;
+    let ratios: Vec<f64> = r.runs.iter().zip(&base.runs).map(|(m, b)| ratio_of(r.case.kind, m, b)).collect();
+    if ratios.len() < 2 {
+        return None;
+    }
+    Some((ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(0.0, f64::max)))
+}
+
+/// The speed-up the project aims for in this workload (README "Measured"
+/// and the issues' targets), where there is one.
+pub fn target(case: &Case) -> Option<f64> {
+    use Transport::*;
+    Some(match (case.kind, case.transport, case.size, case.one_cpu) {
+        (Kind::Rpc, ShmSpin, _, _) => 5.0,
+        (Kind::RoundTrip, ShmSpin, 64, false) => 20.0,
+        (Kind::RoundTrip, ShmBusyPoll, 64, false) => 30.0,
+        (Kind::RoundTrip, ShmPark, 64, _) | (Kind::RoundTrip, ShmSpin, 64, true) => 1.0,
+        (Kind::Stream, ShmSpin, 64, _) => 10.0,
+        (Kind::Stream, ShmSpin, s, _) if s >= 1 << 20 => 6.0,
+        (Kind::Duplex, ShmSpin | ShmPark, _, _) => 5.0,
+        _ => return None,
     })
+}
+
+pub fn fmt_ns(ns: u64) -> String {
+    match ns {
+        n if n >= 1_000_000 => format!("{:.2} ms", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.2} µs", n as f64 / 1e3),
+        n => format!("{n} ns"),
+    }
+}
+
+/// The running kernel's release.
+pub fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
