@@ -227,25 +227,10 @@ pub fn spawn_guest_with(
     mut cmd: Command,
     options: LinkOptions,
 ) -> Result<(ShmLink, Child), HostError> {
-    let (host, ticket) = hub.prepare_peer()?.into_parts();
-    let segment_fd = host.segment().try_clone_fd().map_err(HostError::Sockets)?;
-    let inherit = pass_to_guest(&mut cmd, host.segment(), &ticket, &segment_fd);
-    // SAFETY: the hook runs in the forked child before exec and only calls
-    // `fcntl` (async-signal-safe, no allocation) on descriptor numbers that are
-    // open in the parent at fork time (the ticket and `segment_fd` outlive
-    // `spawn`). Clearing close-on-exec there affects only this child.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in inherit {
-                fd::clear_cloexec_raw(fd)?;
-            }
-            Ok(())
-        });
-    }
-    let link = host.into_link_with(options)?;
+    let (link, theirs) = prepare_spawn(hub, &mut cmd, options)?;
     let child = cmd.spawn().map_err(HostError::Spawn)?;
     // The parent's copies of the guest's ends close here.
-    drop((ticket, segment_fd));
+    drop(theirs);
     Ok((link, child))
 }
 
@@ -261,11 +246,29 @@ pub fn spawn_guest_async(
     options: LinkOptions,
 ) -> Result<(ShmLink, tokio::process::Child), HostError> {
     let mut cmd = tokio::process::Command::from(cmd);
+    let (link, theirs) = prepare_spawn(hub, cmd.as_std_mut(), options)?;
+    let child = cmd.spawn().map_err(HostError::Spawn)?;
+    drop(theirs);
+    Ok((link, child))
+}
+
+/// Reserves a slot, adds the guest's arguments to `cmd` and makes its
+/// descriptors inheritable by the child `cmd` starts, and builds the host's
+/// link. Returns the link and the guest's ends, which the caller keeps open
+/// until it has spawned, then drops.
+fn prepare_spawn(
+    hub: &impl GuestSlots,
+    cmd: &mut Command,
+    options: LinkOptions,
+) -> Result<(ShmLink, (GuestSpawnTicket, OwnedFd)), HostError> {
     let (host, ticket) = hub.prepare_peer()?.into_parts();
     let segment_fd = host.segment().try_clone_fd().map_err(HostError::Sockets)?;
-    let inherit = pass_to_guest(cmd.as_std_mut(), host.segment(), &ticket, &segment_fd);
-    // SAFETY: as in `spawn_guest_with`: `fcntl` only, in the forked child, on
-    // descriptors open in the parent until after `spawn`.
+    let inherit = pass_to_guest(cmd, host.segment(), &ticket, &segment_fd);
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // `fcntl` (async-signal-safe, no allocation) on descriptor numbers that are
+    // open in the parent at fork time (the caller keeps the ticket and
+    // `segment_fd` until after `spawn`). Clearing close-on-exec there affects
+    // only this child.
     unsafe {
         cmd.pre_exec(move || {
             for fd in inherit {
@@ -274,10 +277,7 @@ pub fn spawn_guest_async(
             Ok(())
         });
     }
-    let link = host.into_link_with(options)?;
-    let child = cmd.spawn().map_err(HostError::Spawn)?;
-    drop((ticket, segment_fd));
-    Ok((link, child))
+    Ok((host.into_link_with(options)?, (ticket, segment_fd)))
 }
 
 /// Adds the guest's arguments and environment to `cmd`; returns the
