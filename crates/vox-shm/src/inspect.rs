@@ -11,23 +11,19 @@ use std::path::Path;
 use shm_primitives::bipbuf::BipBuf;
 use shm_primitives::header::HeaderFields;
 use shm_primitives::mmap::{Mapping, MmapRegion};
-use shm_primitives::peer::{PeerState, PeerTable};
-use shm_primitives::varslot::VarSlotPool;
+use shm_primitives::peer::PeerState;
 use shm_primitives::{Features, PeerId, SegmentLayout};
 
 use crate::segment::AttachError;
-use shm_primitives::validate::validate;
+use shm_primitives::validate::{validate, Validated};
 
 /// A read-only, validated mapping of a segment file.
 #[derive(Debug)]
 pub struct SegmentView {
     map: Mapping,
-    layout: SegmentLayout,
-    fields: HeaderFields,
-    /// Views of `map`, which this struct keeps mapped (hence `'static`; they
-    /// are only used through `&self`).
-    peers: PeerTable<'static>,
-    pool: VarSlotPool<'static>,
+    /// The validated geometry and views of `map`, which this struct keeps
+    /// mapped (hence `'static`; they are only used through `&self`).
+    valid: Validated<'static>,
 }
 
 /// Fill state of one ring.
@@ -134,7 +130,7 @@ impl SegmentView {
         let map = MmapRegion::attach_read_only(path)?;
         // SAFETY: `map` is stored beside the views and outlives them.
         let v = validate(unsafe { crate::segment::unbounded(map.region()) })?;
-        Ok(SegmentView { map, layout: v.layout, fields: v.fields, peers: v.peers, pool: v.pool })
+        Ok(SegmentView { map, valid: v })
     }
 
     /// Bytes mapped.
@@ -147,10 +143,11 @@ impl SegmentView {
     pub fn snapshot(&self, now_ns: u64) -> SegmentSnapshot {
         let r = self.map.region();
         let peers = self
+            .valid
             .peers
             .iter()
             .map(|(id, e)| {
-                let ring = |off| BipBuf::attach(r, off, self.layout.bipbuf_capacity).expect("validated");
+                let ring = |off| BipBuf::attach(r, off, self.valid.layout.bipbuf_capacity).expect("validated");
                 let last = e.last_heartbeat();
                 PeerSnapshot {
                     id,
@@ -163,15 +160,15 @@ impl SegmentView {
                     guest_pid: e.guest_pid(),
                     host_tx_closed: e.tx_closed(shm_primitives::Side::Host),
                     guest_tx_closed: e.tx_closed(shm_primitives::Side::Guest),
-                    g2h: ring_snapshot(ring(self.layout.g2h_offset(id))),
-                    h2g: ring_snapshot(ring(self.layout.h2g_offset(id))),
+                    g2h: ring_snapshot(ring(self.valid.layout.g2h_offset(id))),
+                    h2g: ring_snapshot(ring(self.valid.layout.h2g_offset(id))),
                 }
             })
             .collect();
-        let classes = (0..self.pool.class_count())
+        let classes = (0..self.valid.pool.class_count())
             .map(|c| {
-                let cls = self.pool.class(c).expect("in range");
-                let u = self.pool.class_usage(c).expect("in range");
+                let cls = self.valid.pool.class(c).expect("in range");
+                let u = self.valid.pool.class_usage(c).expect("in range");
                 ClassSnapshot {
                     slot_size: cls.slot_size,
                     slot_count: cls.slot_count,
@@ -181,7 +178,13 @@ impl SegmentView {
                 }
             })
             .collect();
-        SegmentSnapshot { header: self.fields, layout: self.layout.clone(), file_len: self.file_len(), peers, classes }
+        SegmentSnapshot {
+            header: self.valid.fields,
+            layout: self.valid.layout.clone(),
+            file_len: self.file_len(),
+            peers,
+            classes,
+        }
     }
 }
 

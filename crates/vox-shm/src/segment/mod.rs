@@ -36,7 +36,7 @@ use shm_primitives::mmap::{FileCleanup, MmapRegion, DEFAULT_FILE_MODE};
 use shm_primitives::peer::Side;
 use shm_primitives::peer::{PeerEntry, PeerId, PeerState, PeerTable};
 use shm_primitives::region::Region;
-use shm_primitives::validate::validate;
+use shm_primitives::validate::{validate, Validated};
 use shm_primitives::varslot::{SizeClassConfig, VarSlotPool};
 use shm_primitives::{Features, OutOfBounds};
 
@@ -223,13 +223,11 @@ const ORPHAN_AUDIT_TRIES: usize = 200;
 #[derive(Debug)]
 pub struct Segment {
     region: MmapRegion,
-    layout: SegmentLayout,
-    fields: HeaderFields,
-    /// Views of `region`'s mapping. `'static` only inside: the mapping lives
-    /// as long as this `Segment` (a remap needs `&mut self` and rebuilds them),
-    /// and they are handed out reborrowed at `&self`'s lifetime.
-    peers: PeerTable<'static>,
-    pool: VarSlotPool<'static>,
+    /// The validated geometry and the views of `region`'s mapping.
+    /// `'static` only inside: the mapping lives as long as this `Segment` (a
+    /// remap needs `&mut self` and rebuilds the views), and they are handed
+    /// out reborrowed at `&self`'s lifetime.
+    valid: Validated<'static>,
     created: bool,
     /// Per guest: which ring ends are in use in this process (`RingEnd` bits).
     ring_ends: Box<[AtomicU8]>,
@@ -314,10 +312,7 @@ impl Segment {
         let ring_ends = Self::ring_end_table(layout.max_guests);
         Ok(Segment {
             region,
-            layout,
-            fields,
-            peers,
-            pool,
+            valid: Validated { layout, fields, peers, pool },
             created: true,
             ring_ends,
             orphan_audit_pending: Default::default(),
@@ -352,16 +347,7 @@ impl Segment {
         // the mapping they borrow.
         let v = validate(unsafe { unbounded(region.region()) })?;
         let ring_ends = Self::ring_end_table(v.layout.max_guests);
-        Ok(Segment {
-            region,
-            layout: v.layout,
-            fields: v.fields,
-            peers: v.peers,
-            pool: v.pool,
-            created: false,
-            ring_ends,
-            orphan_audit_pending: Default::default(),
-        })
+        Ok(Segment { region, valid: v, created: false, ring_ends, orphan_audit_pending: Default::default() })
     }
 
     /// The header in shared memory (live values: goodbye flag, current size).
@@ -371,48 +357,48 @@ impl Segment {
 
     /// The header values validated at create/attach time.
     pub fn fields(&self) -> &HeaderFields {
-        &self.fields
+        &self.valid.fields
     }
 
     /// The validated geometry.
     pub fn layout(&self) -> &SegmentLayout {
-        &self.layout
+        &self.valid.layout
     }
 
     /// Number of guest slots.
     pub fn max_guests(&self) -> u8 {
-        self.layout.max_guests
+        self.valid.layout.max_guests
     }
 
     /// Data bytes per ring.
     pub fn bipbuf_capacity(&self) -> u32 {
-        self.layout.bipbuf_capacity
+        self.valid.layout.bipbuf_capacity
     }
 
     /// Largest payload a sender may allocate.
     pub fn max_payload_size(&self) -> u32 {
-        self.fields.max_payload_size
+        self.valid.fields.max_payload_size
     }
 
     /// Inline threshold with 0 read as 256, capped at 65535 (the inline length
     /// field is 16 bits; a 0.3.1 host may have stored more).
     pub fn inline_threshold(&self) -> u32 {
-        self.fields.effective_inline_threshold().min(MAX_INLINE_THRESHOLD)
+        self.valid.fields.effective_inline_threshold().min(MAX_INLINE_THRESHOLD)
     }
 
     /// Heartbeat interval in ns (0 = off).
     pub fn heartbeat_interval(&self) -> u64 {
-        self.fields.heartbeat_interval
+        self.valid.fields.heartbeat_interval
     }
 
     /// Extension features the host advertises.
     pub fn host_features(&self) -> Features {
-        self.fields.host_features
+        self.valid.fields.host_features
     }
 
     /// The slot size classes.
     pub fn size_classes(&self) -> Vec<SizeClassConfig> {
-        self.layout.pool.configs()
+        self.valid.layout.pool.configs()
     }
 
     /// True for the process that created the segment.
@@ -437,21 +423,24 @@ impl Segment {
 
     /// The peer table (borrowed: it cannot outlive the segment's mapping).
     pub fn peer_table(&self) -> &PeerTable<'_> {
-        &self.peers
+        &self.valid.peers
     }
 
     /// The shared slot pool (borrowed: it cannot outlive the segment's mapping).
     pub fn var_pool(&self) -> &VarSlotPool<'_> {
-        &self.pool
+        &self.valid.pool
     }
 
     fn entry(&self, id: PeerId) -> Result<&PeerEntry, PeerError> {
-        self.peers.entry(id).ok_or(PeerError::NoSuchPeer { peer: id.get(), max_guests: self.layout.max_guests })
+        self.valid
+            .peers
+            .entry(id)
+            .ok_or(PeerError::NoSuchPeer { peer: id.get(), max_guests: self.valid.layout.max_guests })
     }
 
     /// The entry of a guest, if the id exists in this segment.
     pub fn peer_entry(&self, id: PeerId) -> Option<&PeerEntry> {
-        self.peers.entry(id)
+        self.valid.peers.entry(id)
     }
 
     /// Host: reserves the first free guest slot before spawning a guest
@@ -460,7 +449,7 @@ impl Segment {
         if self.orphan_audit_pending() {
             self.return_orphaned_slots(None);
         }
-        self.peers.reserve()
+        self.valid.peers.reserve()
     }
 
     /// Host: gives back a reservation (the spawn failed).
@@ -484,7 +473,7 @@ impl Segment {
 
     /// Walk-in guest: attaches to the first free slot.
     pub fn attach_peer(&self) -> Option<PeerId> {
-        self.peers.attach_walk_in()
+        self.valid.peers.attach_walk_in()
     }
 
     /// Guest: leaves gracefully (state Goodbye).
@@ -500,22 +489,22 @@ impl Segment {
 
     /// Whether `id`'s heartbeat is older than two intervals at `now_ns`.
     pub fn is_peer_heartbeat_stale(&self, id: PeerId, now_ns: u64) -> bool {
-        self.peers.entry(id).is_some_and(|e| e.is_heartbeat_stale(now_ns, self.fields.heartbeat_interval))
+        self.valid.peers.entry(id).is_some_and(|e| e.is_heartbeat_stale(now_ns, self.valid.fields.heartbeat_interval))
     }
 
     /// The guest-to-host ring of `id`.
     pub fn g2h_bipbuf(&self, id: PeerId) -> Option<BipBuf<'_>> {
-        self.ring_at(id, self.layout.g2h_offset(id))
+        self.ring_at(id, self.valid.layout.g2h_offset(id))
     }
 
     /// The host-to-guest ring of `id`.
     pub fn h2g_bipbuf(&self, id: PeerId) -> Option<BipBuf<'_>> {
-        self.ring_at(id, self.layout.h2g_offset(id))
+        self.ring_at(id, self.valid.layout.h2g_offset(id))
     }
 
     fn ring_at(&self, id: PeerId, off: u64) -> Option<BipBuf<'_>> {
-        self.peers.entry(id)?;
-        BipBuf::attach(self.region.region(), off, self.layout.bipbuf_capacity).ok()
+        self.valid.peers.entry(id)?;
+        BipBuf::attach(self.region.region(), off, self.valid.layout.bipbuf_capacity).ok()
     }
 
     /// Claims one ring end for exclusive use in this process.
@@ -523,7 +512,7 @@ impl Segment {
         let cell = self
             .ring_ends
             .get(peer.index())
-            .ok_or(PeerError::NoSuchPeer { peer: peer.get(), max_guests: self.layout.max_guests })?;
+            .ok_or(PeerError::NoSuchPeer { peer: peer.get(), max_guests: self.valid.layout.max_guests })?;
         // AcqRel: pairs with the release in `RingClaim::drop`.
         if cell.fetch_or(end.bit(), Ordering::AcqRel) & end.bit() != 0 {
             return Err(PeerError::InUse { peer: peer.get() });
@@ -554,11 +543,11 @@ impl Segment {
         // this process, so this temporary consumer is the ring's only user.
         let mut rx = unsafe { h2g.consumer() };
         // Each entry is at least 8 bytes; the bound stops a looping hostile ring.
-        for _ in 0..=self.layout.bipbuf_capacity / 8 {
+        for _ in 0..=self.valid.layout.bipbuf_capacity / 8 {
             let Ok(Some(r)) = rx.try_read() else { break };
             let Ok((frame, consumed)) = crate::framing::parse_frame(&r) else { break };
             if let crate::framing::Frame::SlotRef(s) = frame {
-                if self.pool.free(s).is_ok() {
+                if self.valid.pool.free(s).is_ok() {
                     report.drained_slots += 1;
                 }
             }
@@ -568,12 +557,12 @@ impl Segment {
         }
         h2g.reset();
         g2h.reset();
-        report.reclaimed_slots =
-            self.pool.reclaim_peer_slots(u32::from(peer.get())) + self.pool.reclaim_peer_slots(owner_host_to(peer));
+        report.reclaimed_slots = self.valid.pool.reclaim_peer_slots(u32::from(peer.get()))
+            + self.valid.pool.reclaim_peer_slots(owner_host_to(peer));
         // The guest may have died inside an allocate or a free: return the
         // slot it was moving, once the pool is quiet.
         report.orphans_returned = self.return_orphaned_slots(Some(peer));
-        e.reset_with_ring_offset(self.layout.ring_offset(peer));
+        e.reset_with_ring_offset(self.valid.layout.ring_offset(peer));
         Ok(report)
     }
 
@@ -582,12 +571,12 @@ impl Segment {
     /// [`VarSlotPool::return_orphans`]). The segment's creator counts its own
     /// in process memory (an in-process guest shares the creator's pool).
     pub fn track_pool_ops_as(&self, peer: PeerId) {
-        if self.created || self.peers.entry(peer).is_none() {
+        if self.created || self.valid.peers.entry(peer).is_none() {
             return;
         }
-        let word = self.layout.peer_table_offset
+        let word = self.valid.layout.peer_table_offset
             + (peer.index() * shm_primitives::peer::PEER_ENTRY_SIZE + shm_primitives::peer::offsets::POOL_OPS) as u64;
-        let _ = self.pool.track_ops_in(word);
+        let _ = self.valid.pool.track_ops_in(word);
     }
 
     /// Host: pushes back slots orphaned by guests that died inside an allocate
@@ -597,7 +586,7 @@ impl Segment {
     pub fn return_orphaned_slots(&self, dying: Option<PeerId>) -> usize {
         use shm_primitives::varslot::OrphanAudit;
         let others_busy = || {
-            self.peers.iter().any(|(id, e)| {
+            self.valid.peers.iter().any(|(id, e)| {
                 Some(id) != dying
                     && match e.state() {
                         PeerState::Empty => false,
@@ -611,7 +600,7 @@ impl Segment {
         // Operations last nanoseconds; a few looks find a quiet moment unless
         // traffic never stops, and then a later call does.
         for _ in 0..ORPHAN_AUDIT_TRIES {
-            match self.pool.return_orphans(others_busy) {
+            match self.valid.pool.return_orphans(others_busy) {
                 Ok(OrphanAudit::Done { returned }) => {
                     self.orphan_audit_pending.store(false, Ordering::Release);
                     return returned;
@@ -634,6 +623,7 @@ impl Segment {
     /// process is serving. Returns how many peer slots were freed.
     pub fn reclaim_departed_peers(&self) -> usize {
         let departed: Vec<PeerId> = self
+            .valid
             .peers
             .iter()
             .filter(|(id, e)| e.state() == PeerState::Goodbye && !self.has_ring_claims(*id))
@@ -669,8 +659,8 @@ impl Segment {
         // SAFETY: as in `initialise`; the old views (of the old mapping) are
         // replaced here, and `&mut self` means none is borrowed meanwhile.
         let r = unsafe { unbounded(self.region.region()) };
-        self.peers = PeerTable::attach(r, self.layout.peer_table_offset, self.layout.max_guests)?;
-        self.pool = VarSlotPool::attach(r, self.layout.var_pool_offset, &self.layout.pool)?;
+        self.valid.peers = PeerTable::attach(r, self.valid.layout.peer_table_offset, self.valid.layout.max_guests)?;
+        self.valid.pool = VarSlotPool::attach(r, self.valid.layout.var_pool_offset, &self.valid.layout.pool)?;
         Ok(())
     }
 }
