@@ -172,6 +172,7 @@ impl MmapControlSender {
     }
 
     /// Sends one attach message, waiting for buffer space if needed.
+    /// Cancel-safe: a message is sent whole in one call or not at all.
     pub async fn send(&self, region: BorrowedFd<'_>, msg: &MmapAttachMessage) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
@@ -216,7 +217,8 @@ impl MmapControlReceiver {
         recv_attach(self.fd.get_ref().as_fd())
     }
 
-    /// Waits for the next datagram.
+    /// Waits for the next datagram. Cancel-safe: a datagram is taken whole,
+    /// in the poll that returns it.
     pub async fn recv(&self) -> Result<(MmapAttachMessage, OwnedFd), ControlError> {
         loop {
             let mut guard = self.fd.readable().await?;

@@ -176,7 +176,8 @@ impl Doorbell {
 
     /// Waits until at least one signal arrived and consumes all pending bytes.
     /// Returns how many; a closed peer is `BrokenPipe`. Spurious readiness is
-    /// absorbed here, never returned.
+    /// absorbed here, never returned. Cancel-safe: signals drained by a
+    /// dropped wait were consumed, so look at what they announced first.
     pub async fn wait(&self) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;

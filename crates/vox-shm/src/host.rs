@@ -662,6 +662,8 @@ impl ShmHost {
 
 /// A host link and a guest link over real descriptors, in this process (for
 /// tests and examples). Must run inside a tokio runtime.
+///
+/// Cancel safety: it never waits, so it completes on its first poll.
 pub async fn create_test_link_pair(segment: Arc<Segment>) -> Result<(ShmLink, ShmLink), HostError> {
     create_test_link_pair_with(segment, LinkOptions::default(), LinkOptions::default()).await
 }

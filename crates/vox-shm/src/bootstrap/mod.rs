@@ -295,6 +295,9 @@ fn into_response(frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<ReceivedBootstra
 }
 
 /// Reads a whole response from a tokio Unix stream (descriptors included).
+///
+/// Cancel safety: not cancel-safe: bytes already read are lost with the
+/// future, so a cancelled read leaves the stream mid-message.
 pub async fn recv_response(stream: &mut UnixStream) -> Result<ReceivedBootstrapResponse, BootstrapError> {
     let mut buf = Vec::new();
     let (n, fds) = loop {
@@ -390,6 +393,9 @@ impl HostHub {
 /// `accept_sid`, and answers with a slot (or an error response). Returns the
 /// host's link to that guest. Serves one connection, bounded by the policy's
 /// deadline; [`BootstrapServer`] serves many at once.
+///
+/// Cancel safety: dropping it abandons this connection; a slot it had
+/// reserved is released (the reservation is given back when dropped).
 pub async fn serve_one(
     listener: &UnixListener,
     hub: &(impl crate::host::GuestSlots + Sync),
@@ -413,6 +419,9 @@ pub async fn serve_one(
 /// id `sid`, attaches the segment (from the descriptor, else the path in the
 /// response), claims the slot and builds its link. Needs no inherited
 /// descriptor and no environment variable.
+///
+/// Cancel safety: dropping it abandons the attempt; the host sees this guest
+/// hang up and recovers the slot, as for a guest that died.
 pub async fn connect(path: &Path, sid: &[u8], options: LinkOptions) -> Result<(Arc<Segment>, ShmLink), BootstrapError> {
     let mut stream = UnixStream::connect(path).await?;
     // A host that refuses us may answer and close before it reads all of the

@@ -189,6 +189,9 @@ impl BootstrapServer {
 
     /// The next walk-in, or the reason one was refused. `None` only if the
     /// server stopped.
+    ///
+    /// Cancel safety: cancel-safe. Walk-ins are completed in the background
+    /// and queued; dropping this future leaves the next one queued.
     pub async fn accept(&mut self) -> Option<Result<WalkIn, WalkInError>> {
         self.results.recv().await
     }
