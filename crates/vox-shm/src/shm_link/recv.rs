@@ -335,7 +335,10 @@ impl ShmLinkRx {
     /// failed and returns [`ShmLinkRxError::Failed`] with the first error.
     ///
     /// Cancel safety: cancel-safe. A message is taken from the ring only in
-    /// the poll that returns it, so dropping the future loses nothing.
+    /// the poll that returns it, so dropping the future loses nothing. That
+    /// also makes it a `Stream` in one line where one is wanted, for example
+    /// `futures::stream::unfold(rx, |mut rx| async { rx.recv().await.transpose().map(|m| (m, rx)) })`
+    /// (this crate does not depend on `futures` for it).
     pub async fn recv(&mut self) -> Result<Option<Backing>, ShmLinkRxError> {
         if let Some(e) = &self.failed {
             return Err(ShmLinkRxError::Failed(Box::new(e.clone())));
