@@ -392,6 +392,13 @@ async fn a_later_child_inherits_nothing_and_cannot_mask_a_death() {
     let (link, mut guest) = spawn(PEER, &hub, &["idle"]);
     let (_tx, mut rx) = link.split();
     let mut bystander = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    // Look once it runs `sleep`: under emulation (qemu-user turns the vfork
+    // of posix_spawn into a fork) spawn can return before the exec.
+    let started = std::time::Instant::now();
+    while std::fs::read_link(format!("/proc/{}/exe", bystander.id())).map_or(true, |e| !e.ends_with("sleep")) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the bystander never ran sleep");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", bystander.id()))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
