@@ -562,7 +562,8 @@ mod tests {
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: fstat writes one `stat` into `st`; a closed number is EBADF.
             let open = unsafe { libc::fstat(fd, &mut st) } == 0;
-            open.then_some((st.st_dev, st.st_ino))
+            #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // dev_t is u64 on Linux, i32 on macOS
+            open.then_some((st.st_dev as u64, u64::from(st.st_ino)))
         }
         let r = MmapRegion::create_anonymous("t", 4096).unwrap();
         let fd = r.as_raw_fd();

@@ -184,6 +184,12 @@ fn writable(path: &std::path::Path) -> Res {
     tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
+#[cfg(not(target_os = "linux"))]
+fn pin_to_first_cpu() -> Res {
+    Err("the one-CPU cases pin with sched_setaffinity, which only Linux has".into())
+}
+
+#[cfg(target_os = "linux")]
 /// Restricts this process (and the children it spawns) to the first CPU it
 /// may run on.
 fn pin_to_first_cpu() -> Res {

@@ -407,7 +407,7 @@ async fn scribble_ring(
     Ok(())
 }
 
-/// Announces a plain memfd that nobody can seal, commits a reference to it,
+/// Announces a plain file that nobody can seal, commits a reference to it,
 /// and for `truncate-mmap` truncates the file once the host has read the
 /// first payload and references it again (a mapped copy would then fault).
 async fn unsealed_region(
@@ -416,15 +416,11 @@ async fn unsealed_region(
     tx: &mut shm_primitives::bipbuf::BipBufProducer<'_>,
     bell: &shm_primitives_async::doorbell::Doorbell,
 ) -> Res {
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+    use std::os::fd::{AsFd, AsRawFd};
     use vox_shm::framing;
-    // SAFETY: memfd_create with a valid C string; no sealing allowed.
-    let raw = unsafe { libc::memfd_create(c"hostile-region".as_ptr(), libc::MFD_CLOEXEC) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+    // An unlinked temporary file: like a memfd made without sealing, nobody
+    // can seal it, and we can truncate it under the host.
+    let file = tempfile::tempfile()?;
     file.set_len(1 << 20)?;
     std::os::unix::fs::FileExt::write_all_at(&file, &[7u8; 100], 0)?;
     let msg =
