@@ -122,7 +122,9 @@ pub unsafe fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: open (just checked); the borrow ends before the adoption.
     check_type(unsafe { BorrowedFd::borrow_raw(raw) })?;
     // SAFETY: forwarded to the caller's contract.
-    unsafe { fd::adopt_fd(raw, None) }
+    let owned = unsafe { fd::adopt_fd(raw, None) }?;
+    fd::no_sigpipe(owned.as_fd())?;
+    Ok(owned)
 }
 
 /// Checks that `sock` can carry the control channel (seqpacket or datagram).

@@ -99,6 +99,9 @@ pub unsafe fn adopt_fd(fd: RawFd, socket_type: Option<libc::c_int>) -> io::Resul
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // Ours now: never leak it into a later exec.
     set_cloexec(std::os::fd::AsFd::as_fd(&owned), true)?;
+    if socket_type.is_some() {
+        no_sigpipe(std::os::fd::AsFd::as_fd(&owned))?;
+    }
     Ok(owned)
 }
 
@@ -147,8 +150,33 @@ pub fn socketpair(ty: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
         use std::os::fd::AsFd;
         set_nonblocking(fd.as_fd())?;
         set_cloexec(fd.as_fd(), true)?;
+        no_sigpipe(fd.as_fd())?;
     }
     Ok((a, b))
+}
+
+/// Makes a send to a dead peer an `EPIPE` error instead of a `SIGPIPE`. Our
+/// sends pass `MSG_NOSIGNAL` as well, but on macOS the socket option is the
+/// documented way (and holds for every descriptor of the socket). A no-op on
+/// Linux, where `MSG_NOSIGNAL` is the way.
+pub fn no_sigpipe(fd: BorrowedFd<'_>) -> io::Result<()> {
+    #[cfg(target_vendor = "apple")]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is valid for reading one int for the call.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    #[cfg(not(target_vendor = "apple"))]
+    let _ = fd;
+    Ok(())
 }
 
 /// Registers an owned descriptor with the current tokio reactor.

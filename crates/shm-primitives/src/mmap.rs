@@ -177,7 +177,9 @@ impl MmapRegion {
     ///
     /// On Linux this is a `memfd` sealed against shrinking, so a peer holding the
     /// descriptor can never truncate it under our mapping (which would turn our
-    /// next access into `SIGBUS`). Elsewhere it is an unlinked temporary file.
+    /// next access into `SIGBUS`). On macOS it is a POSIX shared memory object,
+    /// unlinked at once, which macOS lets a process size only once: the same
+    /// protection. Elsewhere it is an unlinked temporary file.
     pub fn create_anonymous(name: &str, size: usize) -> io::Result<Self> {
         let file = anonymous_file(name)?;
         file.set_len(size as u64)?;
@@ -397,7 +399,40 @@ fn anonymous_file(name: &str) -> io::Result<File> {
     Ok(File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }))
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(target_os = "macos")]
+fn anonymous_file(_name: &str) -> io::Result<File> {
+    use std::ffi::CString;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Names are at most 31 bytes on macOS: "/vox-" + pid + "-" + 8 hex digits.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for _ in 0..64 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(2_654_435_761) ^ nanos;
+        let name = CString::new(format!("/vox-{}-{n:08x}", std::process::id())).expect("no NUL");
+        // SAFETY: a valid C string; O_EXCL never opens someone else's object.
+        let fd = unsafe { libc::shm_open(name.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: shm_open just returned this fd; nothing else owns it.
+        let file = File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        // Nameless from here on: only descriptors reach it.
+        // SAFETY: the same valid C string.
+        unsafe { libc::shm_unlink(name.as_ptr()) };
+        // SAFETY: plain fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(file);
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free shared memory object name"))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 fn anonymous_file(_name: &str) -> io::Result<File> {
     tempfile::tempfile()
 }
@@ -415,7 +450,9 @@ fn seal_against_shrinking(file: &File) -> io::Result<()> {
 /// Seals `fd` against shrinking if it is not sealed yet and can be (a memfd
 /// created with sealing allowed whose seals are not sealed). Returns whether it
 /// is sealed now: only then may a peer's file be mapped, since a peer that can
-/// truncate it would turn our next read into `SIGBUS`. Always false off Linux.
+/// truncate it would turn our next read into `SIGBUS`. On macOS, true for a
+/// shared memory object that has been sized (macOS refuses to resize one);
+/// false elsewhere.
 pub fn try_seal_against_shrinking(fd: BorrowedFd<'_>) -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -429,7 +466,8 @@ pub fn try_seal_against_shrinking(fd: BorrowedFd<'_>) -> bool {
 }
 
 /// True if `fd` is a memfd sealed against shrinking (so mapping it is safe from
-/// a peer truncating it later). Always false off Linux.
+/// a peer truncating it later). On macOS: a shared memory object that refuses
+/// to be resized (see [`try_seal_against_shrinking`]). False elsewhere.
 pub fn is_sealed_against_shrinking(fd: BorrowedFd<'_>) -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -437,7 +475,28 @@ pub fn is_sealed_against_shrinking(fd: BorrowedFd<'_>) -> bool {
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
         seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        // macOS sizes a POSIX shared memory object once; every later
+        // ftruncate fails with EINVAL, through any descriptor. A descriptor
+        // open for writing whose same-size ftruncate fails so is such an
+        // object (a regular file takes it as a no-op), so no peer can shrink
+        // it. A descriptor that is not writable proves nothing.
+        let raw = fd.as_raw_fd();
+        // SAFETY: plain fcntl query on a borrowed, open descriptor.
+        let writable = unsafe { libc::fcntl(raw, libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDWR;
+        // SAFETY: `stat` is plain integers; all zeroes is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes one `stat` into `st`.
+        if !writable || unsafe { libc::fstat(raw, &mut st) } != 0 {
+            return false;
+        }
+        // SAFETY: ftruncate to the current size: no change for any file that
+        // accepts it.
+        let rc = unsafe { libc::ftruncate(raw, st.st_size) };
+        rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = fd;
         false
