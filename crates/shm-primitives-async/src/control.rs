@@ -118,13 +118,19 @@ pub fn create_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// # Safety
 /// As for [`fd::adopt_fd`]: the descriptor is owned by nothing else here.
 pub unsafe fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
-    fd::validate_fd(raw)?;
-    // SAFETY: open (just checked); the borrow ends before the adoption.
-    check_type(unsafe { BorrowedFd::borrow_raw(raw) })?;
+    check_inherited(raw)?;
     // SAFETY: forwarded to the caller's contract.
     let owned = unsafe { fd::adopt_fd(raw, None) }?;
     fd::no_sigpipe(owned.as_fd())?;
     Ok(owned)
+}
+
+/// Checks, without taking it, that descriptor number `raw` is open and can
+/// carry the control channel. One that fails is left as it was.
+pub fn check_inherited(raw: RawFd) -> io::Result<()> {
+    fd::validate_fd(raw)?;
+    // SAFETY: open (just checked); the borrow ends with this call.
+    check_type(unsafe { BorrowedFd::borrow_raw(raw) })
 }
 
 /// Checks that `sock` can carry the control channel (seqpacket or datagram).

@@ -464,28 +464,20 @@ impl GuestArgs {
 
     /// Every descriptor is open, not a standard stream, and of its type.
     fn check_inherited(&self) -> Result<(), HostError> {
-        let control = [libc::SOCK_SEQPACKET, libc::SOCK_DGRAM];
-        let named: [(&'static str, Option<RawFd>, &[libc::c_int]); 4] = [
-            (SEGMENT_FD_ARG, self.segment_fd, &[]),
-            (DoorbellHandle::ARG_NAME, Some(self.doorbell_fd), &[libc::SOCK_STREAM]),
-            (MMAP_CONTROL_ARG_NAME, Some(self.mmap_control_fd), &control),
-            (MMAP_TX_FD_ENV, self.mmap_tx_fd, &control),
+        type Check = fn(RawFd) -> io::Result<()>;
+        let named: [(&'static str, Option<RawFd>, Check); 4] = [
+            (SEGMENT_FD_ARG, self.segment_fd, |fd| fd::check_inherited(fd, None)),
+            (DoorbellHandle::ARG_NAME, Some(self.doorbell_fd), |fd| fd::check_inherited(fd, Some(libc::SOCK_STREAM))),
+            (MMAP_CONTROL_ARG_NAME, Some(self.mmap_control_fd), control::check_inherited),
+            (MMAP_TX_FD_ENV, self.mmap_tx_fd, control::check_inherited),
         ];
-        for (name, fd, types) in named {
+        for (name, fd, check) in named {
             let Some(fd) = fd else { continue };
             if (0..=2).contains(&fd) {
                 let problem = "a standard stream, not an inherited descriptor";
                 return Err(GuestArgError::BadValue { name, value: fd.to_string(), problem }.into());
             }
-            fd::validate_fd(fd).map_err(HostError::Adopt)?;
-            if !types.is_empty() {
-                // SAFETY: open (just checked); the borrow ends here.
-                let got = fd::unix_socket_type(unsafe { BorrowedFd::borrow_raw(fd) }).map_err(HostError::Adopt)?;
-                if !types.contains(&got) {
-                    let e = io::Error::new(io::ErrorKind::InvalidInput, format!("{name}={fd} has socket type {got}"));
-                    return Err(HostError::Adopt(e));
-                }
-            }
+            check(fd).map_err(HostError::Adopt)?;
         }
         Ok(())
     }

@@ -173,13 +173,18 @@ fn ratio_of(kind: Kind, m: &Measured, base: &Measured) -> f64 {
     }
 }
 
+/// Run i of `r` against run i of its baseline, which ran right before it.
+fn per_run_ratios(r: &CaseResult, base: &CaseResult) -> Vec<f64> {
+    r.runs.iter().zip(&base.runs).map(|(m, b)| ratio_of(r.case.kind, m, b)).collect()
+}
+
 /// The speed-up of a vox-shm result over the UnixStream result of the same
 /// workload (latency: uds/shm at p50; throughput: shm/uds), medians.
 /// With repeated runs it is the median of the per-run ratios (see
 /// [`ratio_range`]), so it always lies inside their spread.
 pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
     let base = baseline(r, all)?;
-    let mut per_run: Vec<f64> = r.runs.iter().zip(&base.runs).map(|(m, b)| ratio_of(r.case.kind, m, b)).collect();
+    let mut per_run = per_run_ratios(r, base);
     if per_run.len() >= 2 {
         per_run.sort_by(f64::total_cmp);
         return Some(per_run[per_run.len() / 2]);
@@ -190,8 +195,7 @@ pub fn ratio(r: &CaseResult, all: &[CaseResult]) -> Option<f64> {
 /// The lowest and highest ratio over repeated runs (run i against the
 /// baseline's run i, which ran right before it), if there were several.
 pub fn ratio_range(r: &CaseResult, all: &[CaseResult]) -> Option<(f64, f64)> {
-    let base = baseline(r, all)?;
-    let ratios: Vec<f64> = r.runs.iter().zip(&base.runs).map(|(m, b)| ratio_of(r.case.kind, m, b)).collect();
+    let ratios = per_run_ratios(r, baseline(r, all)?);
     if ratios.len() < 2 {
         return None;
     }

@@ -43,6 +43,16 @@ pub(super) struct TxState {
     pub(super) core: Arc<Core>,
 }
 
+impl TxState {
+    /// Closes the sending direction, once: later calls do nothing.
+    pub(super) fn close_once(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.core.publish_close();
+        }
+    }
+}
+
 /// The sending half.
 pub struct ShmLinkTx {
     pub(super) state: Arc<AsyncLock<TxState>>,
@@ -162,11 +172,7 @@ impl ShmLinkTx {
     /// same. Cancel-safe: if dropped while waiting for a permit in use to be
     /// given back, the close still happens when it is.
     pub async fn close(self) -> Result<(), ShmLinkTxError> {
-        let mut st = self.state.clone().lock_owned().await;
-        if !st.closed {
-            st.closed = true;
-            self.core.publish_close();
-        }
+        self.state.clone().lock_owned().await.close_once();
         Ok(())
     }
 
@@ -270,12 +276,7 @@ impl Drop for ShmLinkTx {
         // A dropped sender closes like `close()`, so the peer's receiver sees
         // end-of-stream instead of waiting for our process to exit.
         match self.state.try_lock() {
-            Some(mut st) => {
-                if !st.closed {
-                    st.closed = true;
-                    self.core.publish_close();
-                }
-            }
+            Some(mut st) => st.close_once(),
             None => self.core.close_pending.store(true, Ordering::Release),
         }
     }
@@ -284,9 +285,8 @@ impl Drop for ShmLinkTx {
 pub(super) fn finish_pending_close(st: &mut TxState) {
     let pending = &st.core.close_pending;
     // A plain load first: the swap is a full barrier, too dear per message.
-    if pending.load(Ordering::Relaxed) && pending.swap(false, Ordering::AcqRel) && !st.closed {
-        st.closed = true;
-        st.core.publish_close();
+    if pending.load(Ordering::Relaxed) && pending.swap(false, Ordering::AcqRel) {
+        st.close_once();
     }
 }
 
