@@ -44,6 +44,8 @@ use std::sync::Arc;
 
 use vox_shm::{ShmLink, ShmLinkRx, ShmLinkRxError, ShmLinkTx};
 
+pub mod guest;
+pub mod host;
 pub mod service;
 
 /// A vox link over an [`ShmLink`] (either end: host or guest).
