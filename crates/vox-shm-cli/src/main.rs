@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! vox-shm demo [--path PATH]            a host and a guest process exchange every tier
-//! vox-shm bench [--quick] [--json F] [--svg F] [--filter S]
+//! vox-shm bench [--rpc] [--quick] [--runs N] [--json F] [--svg F] [--filter S]
 //! vox-shm inspect PATH [--json] [--watch]
 //! vox-shm clean [--dry-run] PATH...     remove segment files no process holds
 //! ```

@@ -83,6 +83,24 @@ fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
     assert!(chart.starts_with("<svg") && chart.contains("shm spin"));
 }
 
+#[test]
+fn the_vox_rpc_benchmark_runs_every_transport_of_a_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("rpc.json");
+    let out = run(&["bench", "--rpc", "--quick", "--filter", "u64 x1 ", "--json", json.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let transports: Vec<&str> =
+        doc["results"].as_array().unwrap().iter().map(|r| r["transport"].as_str().unwrap()).collect();
+    assert_eq!(transports, ["unix-stream", "tcp", "shm park", "shm spin", "shm busy-poll", "in-process"]);
+    for r in doc["results"].as_array().unwrap() {
+        assert!(r["error"].is_null(), "{r}");
+        assert!(r["measured"]["msgs_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(t.contains("vox echo u64 x1 callers"), "{t}");
+}
+
 fn live_segment(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Segment>) {
     let path = dir.join("live.shm");
     let classes = [SizeClassConfig { slot_size: 1024, slot_count: 8 }];

@@ -7,6 +7,8 @@
 pub trait Echo {
     /// Returns `value`.
     async fn echo(&self, value: u64) -> u64;
+    /// Returns `blob` as it came (the benchmark's blob echo).
+    async fn echo_bytes(&self, blob: Vec<u8>) -> Vec<u8>;
     /// Returns `blob` reversed (so a reply is not the request's bytes).
     async fn reverse(&self, blob: Vec<u8>) -> Vec<u8>;
     /// Sleeps `ms` milliseconds, then returns it (a call that is pending
@@ -21,6 +23,10 @@ pub struct EchoService;
 impl Echo for EchoService {
     async fn echo(&self, value: u64) -> u64 {
         value
+    }
+
+    async fn echo_bytes(&self, blob: Vec<u8>) -> Vec<u8> {
+        blob
     }
 
     async fn reverse(&self, mut blob: Vec<u8>) -> Vec<u8> {

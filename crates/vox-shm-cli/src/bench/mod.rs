@@ -5,6 +5,7 @@
 mod endpoint;
 mod model;
 mod svg;
+mod vox_rpc;
 mod wire;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,6 +37,10 @@ pub struct BenchArgs {
     /// Write a chart of the speed-ups here.
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
+    /// Run the vox RPC cases instead: vox 0.8 calls over vox-shm, over vox's
+    /// own Unix socket and over TCP loopback.
+    #[arg(long)]
+    pub rpc: bool,
     /// Only run cases whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
@@ -91,7 +96,7 @@ fn cases(quick: bool) -> Vec<Case> {
 }
 
 pub fn run(args: BenchArgs) -> Res {
-    let all = cases(args.quick);
+    let all = if args.rpc { vox_rpc::cases(args.quick) } else { cases(args.quick) };
     let selected: Vec<Case> =
         all.into_iter().filter(|c| args.filter.as_ref().is_none_or(|f| c.name().contains(f.as_str()))).collect();
     if selected.is_empty() {
@@ -229,6 +234,9 @@ pub fn host(case_json: &str) -> Res {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(&exe);
         cmd.arg("bench-guest").arg(case_json).stdout(Stdio::null()).stderr(Stdio::inherit());
+        if case.kind == Kind::Vox {
+            return vox_rpc::host(&case, cmd).await;
+        }
         let (tx, rx, mut child) = match case.transport {
             Transport::Uds => {
                 let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -326,6 +334,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             m.msgs_per_s = (2 * n) as f64 / secs;
             m.bytes_per_s = Some((2 * n * size as u64) as f64 / secs);
         }
+        Kind::Vox => return Err("vox cases are driven by bench::vox_rpc".into()),
         Kind::Rpc => {
             // Warm up as the round trips do, so the clock starts with the
             // guest process running and its pages touched: a run of 20,000
@@ -440,6 +449,9 @@ async fn rpc_calls(tx: Tx, mut rx: Rx, case: &Case) -> Res<(Tx, Rx, Vec<u64>, f6
 /// The guest process of one case.
 pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
     let case: Case = serde_json::from_str(case_json)?;
+    if case.kind == Kind::Vox {
+        return runtime()?.block_on(vox_rpc::guest(&case, rest));
+    }
     runtime()?.block_on(async {
         let (tx, rx) = if let Some(a) = rest.iter().find_map(|a| a.strip_prefix("--uds-fd=")) {
             let raw = inherited_fd(a)?;
@@ -465,7 +477,7 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
 
 async fn drive_guest(case: &Case, mut tx: Tx, mut rx: Rx) -> Res {
     match case.kind {
-        Kind::RoundTrip | Kind::Rpc => {
+        Kind::RoundTrip | Kind::Rpc | Kind::Vox => {
             while let Some(seq) = rx.recv().await? {
                 tx.send(seq, case.size).await?;
             }
@@ -512,7 +524,7 @@ async fn both_ways(tx: &mut Tx, rx: &mut Rx, sends: u64, size: usize, receives: 
 
 fn fmt_rate(m: &Measured, case: &Case) -> String {
     match (case.kind, m.bytes_per_s) {
-        (Kind::Rpc, _) => format!("{:.1} k calls/s", m.msgs_per_s / 1e3),
+        (Kind::Rpc | Kind::Vox, _) => format!("{:.1} k calls/s", m.msgs_per_s / 1e3),
         (Kind::RoundTrip, _) => format!("{:.1} k RT/s", m.msgs_per_s / 1e3),
         (_, Some(b)) if case.size >= 16 * 1024 => format!("{:.2} GiB/s", b / (1u64 << 30) as f64),
         _ => format!("{:.2} M msg/s", m.msgs_per_s / 1e6),
@@ -535,7 +547,7 @@ pub fn render_table(results: &[CaseResult]) -> String {
         last = r.workload.clone();
         match (&r.measured, &r.error) {
             (Some(m), _) => {
-                let lat = matches!(r.case.kind, Kind::RoundTrip | Kind::Rpc);
+                let lat = matches!(r.case.kind, Kind::RoundTrip | Kind::Rpc | Kind::Vox);
                 let (p50, p99, p999) = if lat {
                     (fmt_ns(m.p50_ns), fmt_ns(m.p99_ns), fmt_ns(m.p999_ns))
                 } else {

@@ -20,6 +20,11 @@ pub enum Kind {
     /// and an unrelated busy task, all on one `current_thread` runtime;
     /// calls per second and per-call latency.
     Rpc,
+    /// vox 0.8 calls (`bench --rpc`): `callers` concurrent callers of a
+    /// vox service in the other process, `size` 8 for an `echo(u64)`, else
+    /// a blob of that size echoed back; calls per second and per-call
+    /// latency.
+    Vox,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +39,11 @@ pub enum Transport {
     ShmSpin,
     /// vox-shm, never sleeping.
     ShmBusyPoll,
+    /// TCP over loopback, `TCP_NODELAY` (`bench --rpc` only).
+    Tcp,
+    /// No transport: vox's in-process memory link between two threads of
+    /// one process (`bench --rpc` only): what vox costs with no transport.
+    Memory,
 }
 
 impl Transport {
@@ -50,6 +60,8 @@ impl Transport {
             Transport::ShmPark => "shm park",
             Transport::ShmSpin => "shm spin",
             Transport::ShmBusyPoll => "shm busy-poll",
+            Transport::Tcp => "tcp",
+            Transport::Memory => "in-process",
         }
     }
 }
@@ -86,6 +98,10 @@ impl Case {
             Kind::Stream => "stream",
             Kind::Duplex => "full duplex",
             Kind::Rpc => return format!("rpc {} x{} callers +busy", human_size(self.size), self.callers),
+            Kind::Vox => {
+                let what = if self.size == 8 { "u64".to_string() } else { human_size(self.size) };
+                return format!("vox echo {what} x{} callers", self.callers);
+            }
         };
         let tier = if self.pool == Pool::MappingTier { " (mapping tier)" } else { "" };
         let cpu = if self.one_cpu { " (one CPU)" } else { "" };
@@ -208,6 +224,7 @@ pub fn target(case: &Case) -> Option<f64> {
     use Transport::*;
     Some(match (case.kind, case.transport, case.size, case.one_cpu) {
         (Kind::Rpc, ShmSpin, _, _) => 5.0,
+        (Kind::Vox, ShmSpin, _, _) => 3.0,
         (Kind::RoundTrip, ShmSpin, 64, false) => 20.0,
         (Kind::RoundTrip, ShmBusyPoll, 64, false) => 30.0,
         (Kind::RoundTrip, ShmPark, 64, _) | (Kind::RoundTrip, ShmSpin, 64, true) => 1.0,

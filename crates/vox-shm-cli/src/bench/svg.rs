@@ -63,7 +63,7 @@ fn esc(s: &str) -> String {
 fn figure(kind: Kind, m: &Measured) -> String {
     match kind {
         Kind::RoundTrip => fmt_ns(m.p50_ns),
-        Kind::Rpc => format!("{:.0} k calls/s", m.msgs_per_s / 1e3),
+        Kind::Rpc | Kind::Vox => format!("{:.0} k calls/s", m.msgs_per_s / 1e3),
         _ => match m.bytes_per_s {
             Some(b) if b >= (1u64 << 30) as f64 => format!("{:.1} GiB/s", b / (1u64 << 30) as f64),
             _ => format!("{:.2} M msg/s", m.msgs_per_s / 1e6),
@@ -77,6 +77,8 @@ fn color(t: Transport) -> &'static str {
         Transport::ShmSpin => "#2e6fb5",
         Transport::ShmBusyPoll => "#173d66",
         Transport::Uds => "#999",
+        Transport::Tcp => "#c9a13b",
+        Transport::Memory => "#ddd",
     }
 }
 
