@@ -83,6 +83,7 @@ fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
     assert!(chart.starts_with("<svg") && chart.contains("shm spin"));
 }
 
+#[cfg(feature = "vox")]
 #[test]
 fn the_vox_rpc_benchmark_runs_every_transport_of_a_case() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,10 @@
 mod endpoint;
 mod model;
 mod svg;
+#[cfg(feature = "vox")]
+mod vox_rpc;
+#[cfg(not(feature = "vox"))]
+#[path = "no_vox.rs"]
 mod vox_rpc;
 mod wire;
 
@@ -96,6 +100,10 @@ fn cases(quick: bool) -> Vec<Case> {
 }
 
 pub fn run(args: BenchArgs) -> Res {
+    #[cfg(not(feature = "vox"))]
+    if args.rpc {
+        return Err(vox_rpc::MISSING.into());
+    }
     let all = if args.rpc { vox_rpc::cases(args.quick) } else { cases(args.quick) };
     let selected: Vec<Case> =
         all.into_iter().filter(|c| args.filter.as_ref().is_none_or(|f| c.name().contains(f.as_str()))).collect();
