@@ -21,9 +21,14 @@ pub enum WaitStrategy {
     /// waits polled the whole budget and then waited over four budgets more
     /// (the peer was away) parks at once, probing again every 16 waits, and a
     /// process that may run on one CPU only (`taskset -c 0`, a one-CPU
-    /// container) never polls, since its peer needs that CPU.
+    /// container) never polls, since its peer needs that CPU. A half whose
+    /// wait parked and then ended soon after (within 250 µs) polls a quarter
+    /// longer than that wait the next time, up to 250 µs, until a wait shows
+    /// the peer was away: under an RPC framework with many callers the
+    /// processes take turns in batches, and the fixed budget polled in vain
+    /// and then paid for a wake-up too.
     Spin {
-        /// How long to poll before parking.
+        /// How long to poll before parking (at least; see above).
         budget: Duration,
     },
     /// Never park: poll (yielding after every look). Lowest latency when host

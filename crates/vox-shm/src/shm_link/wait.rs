@@ -223,11 +223,21 @@ impl Poller {
 /// counts for neither: parking at once would have added a wake-up to it.
 /// With no credit left the half parks at once, and probes by polling again
 /// every [`SPIN_PROBE_EVERY`] waits, so it notices when spinning pays again.
+///
+/// The budget also grows to catch near misses: a wait that polled its whole
+/// budget, parked, and then found its data within [`SPIN_BUDGET_MAX`] sets
+/// the next budget a quarter beyond that wait; a wait the budget would not
+/// have caught anyway (a loss, as above) returns it to the configured one.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SpinHistory {
     pub(super) credit: u8,
     pub(super) skipped: u8,
+    /// The learned budget (zero: the configured one).
+    pub(super) budget: Duration,
 }
+
+/// The most a learned budget grows to.
+pub(super) const SPIN_BUDGET_MAX: Duration = Duration::from_micros(250);
 
 pub(super) const SPIN_CREDIT_MAX: u8 = 8;
 pub(super) const SPIN_PROBE_EVERY: u8 = 16;
@@ -235,22 +245,22 @@ pub(super) const SPIN_LOSS_FACTOR: u32 = 4;
 
 impl Default for SpinHistory {
     fn default() -> Self {
-        SpinHistory { credit: SPIN_CREDIT_MAX / 2, skipped: 0 }
+        SpinHistory { credit: SPIN_CREDIT_MAX / 2, skipped: 0, budget: Duration::ZERO }
     }
 }
 
 impl SpinHistory {
     /// The strategy for the next wait.
     pub(super) fn strategy(&mut self, configured: WaitStrategy) -> WaitStrategy {
-        if !matches!(configured, WaitStrategy::Spin { .. }) || self.credit > 0 {
-            return configured;
-        }
-        self.skipped += 1;
-        if self.skipped >= SPIN_PROBE_EVERY {
+        let WaitStrategy::Spin { budget } = configured else { return configured };
+        if self.credit == 0 {
+            self.skipped += 1;
+            if self.skipped < SPIN_PROBE_EVERY {
+                return WaitStrategy::Park;
+            }
             self.skipped = 0;
-            return configured;
         }
-        WaitStrategy::Park
+        WaitStrategy::Spin { budget: budget.max(self.budget) }
     }
 
     /// A wait ended after `waited`: it polled (with `budget`, if it did), and
@@ -258,7 +268,11 @@ impl SpinHistory {
     pub(super) fn record(&mut self, polled: Option<Duration>, parked: bool, waited: Duration) {
         match (polled, parked) {
             (Some(_), false) => self.credit = (self.credit + 1).min(SPIN_CREDIT_MAX),
-            (Some(budget), true) if waited > budget * SPIN_LOSS_FACTOR => self.credit = self.credit.saturating_sub(2),
+            (Some(budget), true) if waited > budget * SPIN_LOSS_FACTOR => {
+                self.credit = self.credit.saturating_sub(2);
+                self.budget = Duration::ZERO;
+            }
+            (Some(_), true) if waited <= SPIN_BUDGET_MAX => self.budget = (waited + waited / 4).min(SPIN_BUDGET_MAX),
             _ => {}
         }
     }
@@ -303,11 +317,12 @@ mod spin_history_tests {
         let long = budget * (SPIN_LOSS_FACTOR + 1);
         let mut h = SpinHistory::default();
         assert_eq!(h.strategy(SPIN), SPIN, "starts by polling");
-        // Parked, but the data came soon after the budget: no verdict.
+        // Parked, but the data came soon after the budget: no verdict on
+        // polling (the budget grows to catch such waits; see below).
         for _ in 0..10 {
             h.record(Some(budget), true, budget * 2);
         }
-        assert_eq!(h.strategy(SPIN), SPIN);
+        assert!(matches!(h.strategy(SPIN), WaitStrategy::Spin { .. }));
         for _ in 0..4 {
             h.record(Some(budget), true, long); // polled in vain, the peer was away
         }
@@ -321,5 +336,27 @@ mod spin_history_tests {
         h.record(None, true, long);
         assert_eq!(h.strategy(WaitStrategy::BusyPoll), WaitStrategy::BusyPoll);
         assert_eq!(h.strategy(WaitStrategy::Park), WaitStrategy::Park);
+    }
+
+    #[test]
+    fn the_budget_grows_to_catch_near_misses_and_resets_on_a_loss() {
+        let us = Duration::from_micros;
+        let mut h = SpinHistory::default();
+        // Polled 50 µs, parked, data at 120 µs: the next budget catches it.
+        h.record(Some(us(50)), true, us(120));
+        assert_eq!(h.strategy(SPIN), WaitStrategy::Spin { budget: us(150) });
+        // Found while polling: the learned budget stays.
+        h.record(Some(us(150)), false, us(100));
+        assert_eq!(h.strategy(SPIN), WaitStrategy::Spin { budget: us(150) });
+        // A near miss beyond the cap grows it to the cap only.
+        h.record(Some(us(150)), true, us(240));
+        assert_eq!(h.strategy(SPIN), WaitStrategy::Spin { budget: SPIN_BUDGET_MAX });
+        // A wait no budget would have caught: back to the configured one.
+        h.record(Some(SPIN_BUDGET_MAX), true, SPIN_BUDGET_MAX * (SPIN_LOSS_FACTOR + 1));
+        assert_eq!(h.strategy(SPIN), SPIN);
+        // A configured budget above the cap is never cut.
+        let big = WaitStrategy::Spin { budget: us(900) };
+        h.record(Some(us(900)), true, us(200));
+        assert_eq!(h.strategy(big), big);
     }
 }
