@@ -2,6 +2,7 @@
 //! `send` dropped before it completes loses no message and sends nothing.
 //! Thousands of cancellations at random moments, in every tier.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ async fn cancelled_sends_and_receives_lose_nothing() {
     let (host, guest) = create_test_link_pair(segment).await.unwrap();
     let (tx, _host_rx) = host.split();
     let (_guest_tx, mut rx) = guest.split();
+    let received = Arc::new(AtomicU32::new(0));
+    let seen = received.clone();
     let sender = tokio::spawn(async move {
         let mut cancelled = 0u32;
         for seq in 0..N {
@@ -43,8 +46,13 @@ async fn cancelled_sends_and_receives_lose_nothing() {
                     _ = soon() => cancelled += 1,
                 }
             }
-            // Pause now and then, so the receiver waits too.
-            if seq % 13 == 0 {
+            // Now and then let the receiver catch up, then pause, so it waits
+            // with nothing to read (however slow it is: under emulation it
+            // is the slower side, and would otherwise never wait).
+            if seq % 97 == 0 {
+                while seen.load(Ordering::Relaxed) <= seq {
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                }
                 tokio::time::sleep(Duration::from_micros(300)).await;
             }
         }
@@ -64,6 +72,7 @@ async fn cancelled_sends_and_receives_lose_nothing() {
             Some(Ok(Some(m))) => {
                 assert_eq!(m.as_bytes(), &payload(next)[..], "message {next}: every one, once, in order, intact");
                 next += 1;
+                received.store(next, Ordering::Relaxed);
                 // Hold some payloads a little, so senders wait for slots and mapping space.
                 if next % 11 == 0 {
                     tokio::time::sleep(Duration::from_micros(200)).await;
