@@ -53,6 +53,28 @@ pub struct BenchArgs {
     pub case_timeout: u64,
 }
 
+/// The segment every shared-memory case runs in: one guest, 256 KiB
+/// rings, payloads up to 4 MiB, and the size classes of `pool`.
+fn bench_segment(pool: Pool) -> Res<Arc<Segment>> {
+    let cfg = SegmentConfig {
+        max_guests: 1,
+        bipbuf_capacity: 256 * 1024,
+        max_payload_size: 4 << 20,
+        size_classes: classes(pool),
+        ..SegmentConfig::default()
+    };
+    Ok(Arc::new(Segment::create_anonymous(cfg, Features::ALL)?))
+}
+
+/// The guest end of a shared-memory case, from what `spawn_guest` passed
+/// it (`rest`: its arguments), with the case's wait strategy.
+fn shm_guest_link(case: &Case, rest: Vec<String>) -> Res<(Arc<Segment>, vox_shm::ShmLink)> {
+    let (args, _) = GuestArgs::parse(rest, std::env::var(vox_shm::host::MMAP_TX_FD_ENV).ok())?;
+    let opts = LinkOptions { wait: case.transport.wait(), ..LinkOptions::default() };
+    // SAFETY: inherited for us by spawn_guest and adopted once, here.
+    Ok(unsafe { args.connect(opts) }?)
+}
+
 fn classes(pool: Pool) -> &'static [SizeClassConfig] {
     const SLOTS: [SizeClassConfig; 3] = [
         SizeClassConfig { slot_size: 8 * 1024, slot_count: 256 },
@@ -265,16 +287,8 @@ pub fn host(case_json: &str) -> Res {
                 (tx, rx, child)
             }
             t => {
-                let cfg = SegmentConfig {
-                    max_guests: 1,
-                    bipbuf_capacity: 256 * 1024,
-                    max_payload_size: 4 << 20,
-                    size_classes: classes(case.pool),
-                    ..SegmentConfig::default()
-                };
-                let seg = Arc::new(Segment::create_anonymous(cfg, Features::ALL)?);
                 let opts = LinkOptions { wait: t.wait(), ..LinkOptions::default() };
-                let (link, child) = spawn_guest_with(&HostHub::new(seg), cmd, opts)?;
+                let (link, child) = spawn_guest_with(&HostHub::new(bench_segment(case.pool)?), cmd, opts)?;
                 let (tx, rx) = link.split();
                 (Tx::Shm(tx), Rx::Shm(rx), child)
             }
@@ -310,14 +324,11 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
                     rtts.push(t.elapsed().as_nanos() as u64);
                 }
             }
-            m.elapsed_s = started.elapsed().as_secs_f64();
+            let elapsed_s = started.elapsed().as_secs_f64();
             rtts.sort_unstable();
-            m.p50_ns = percentile(&rtts, 0.5);
-            m.p99_ns = percentile(&rtts, 0.99);
-            m.p999_ns = percentile(&rtts, 0.999);
-            m.deciles_ns = (1..10).map(|d| percentile(&rtts, d as f64 / 10.0)).collect();
-            m.messages = case.count;
-            m.msgs_per_s = case.count as f64 / (rtts.iter().sum::<u64>() as f64 / 1e9);
+            // The rate of the timed round trips alone, without the warm-up.
+            m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
+            m.elapsed_s = elapsed_s;
         }
         Kind::Stream => {
             let started = Instant::now();
@@ -355,13 +366,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             }
             let (t, r, lat, secs) = rpc_calls(tx, rx, case).await?;
             (tx, rx) = (t, r);
-            m.elapsed_s = secs;
-            m.p50_ns = percentile(&lat, 0.5);
-            m.p99_ns = percentile(&lat, 0.99);
-            m.p999_ns = percentile(&lat, 0.999);
-            m.deciles_ns = (1..10).map(|d| percentile(&lat, d as f64 / 10.0)).collect();
-            m.messages = lat.len() as u64;
-            m.msgs_per_s = lat.len() as f64 / secs;
+            m = Measured::from_sorted_latencies(&lat, secs);
         }
     }
     m.host_signals = signals(&tx);
@@ -472,10 +477,7 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
                 Rx::Uds { sock: tokio::io::BufReader::with_capacity(256 * 1024, r), buf: Vec::new() },
             )
         } else {
-            let (args, _) = GuestArgs::parse(rest, std::env::var(vox_shm::host::MMAP_TX_FD_ENV).ok())?;
-            let opts = LinkOptions { wait: case.transport.wait(), ..LinkOptions::default() };
-            // SAFETY: inherited for us by spawn_guest and adopted once here.
-            let (_seg, link) = unsafe { args.connect(opts) }?;
+            let (_seg, link) = shm_guest_link(&case, rest)?;
             let (tx, rx) = link.split();
             (Tx::Shm(tx), Rx::Shm(rx))
         };

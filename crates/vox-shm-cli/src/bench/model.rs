@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use vox_shm::WaitStrategy;
 
+use super::percentile;
 use crate::demo::human_size;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,23 @@ pub struct Measured {
     /// Round-trip deciles p10..p90 (ns), to see the shape of the distribution.
     #[serde(default)]
     pub deciles_ns: Vec<u64>,
+}
+
+impl Measured {
+    /// The figures of calls or round trips whose latencies (ns, sorted)
+    /// are `sorted` and which took `secs` in all.
+    pub fn from_sorted_latencies(sorted: &[u64], secs: f64) -> Self {
+        Measured {
+            p50_ns: percentile(sorted, 0.5),
+            p99_ns: percentile(sorted, 0.99),
+            p999_ns: percentile(sorted, 0.999),
+            deciles_ns: (1..10).map(|d| percentile(sorted, d as f64 / 10.0)).collect(),
+            messages: sorted.len() as u64,
+            msgs_per_s: sorted.len() as f64 / secs,
+            elapsed_s: secs,
+            ..Measured::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

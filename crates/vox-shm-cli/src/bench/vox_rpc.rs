@@ -8,13 +8,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use vox_shm::host::{spawn_guest_with, GuestArgs, HostHub};
-use vox_shm::{Features, LinkOptions, Segment, SegmentConfig, SizeClassConfig};
+use vox_shm::host::{spawn_guest_with, HostHub};
+use vox_shm::LinkOptions;
 use vox_shm_vox::service::{EchoClient, EchoDispatcher, EchoService};
 use vox_shm_vox::VoxLink;
 
 use super::model::{Case, Kind, Measured, Pool, Transport};
-use super::percentile;
+use super::{bench_segment, shm_guest_link};
 use crate::Res;
 
 /// Argument sizes: a `u64` (`echo`), and a 64 KiB blob (`echo_bytes`).
@@ -43,23 +43,6 @@ pub fn cases(quick: bool) -> Vec<Case> {
         }
     }
     out
-}
-
-/// The segment: slots for everything up to 128 KiB, so a 64 KiB blob (and
-/// vox's frame around it) goes through the pool.
-fn segment() -> Res<Arc<Segment>> {
-    const CLASSES: [SizeClassConfig; 2] = [
-        SizeClassConfig { slot_size: 8 * 1024, slot_count: 256 },
-        SizeClassConfig { slot_size: 128 * 1024, slot_count: 64 },
-    ];
-    let cfg = SegmentConfig {
-        max_guests: 1,
-        bipbuf_capacity: 256 * 1024,
-        max_payload_size: 4 << 20,
-        size_classes: &CLASSES,
-        ..SegmentConfig::default()
-    };
-    Ok(Arc::new(Segment::create_anonymous(cfg, Features::ALL)?))
 }
 
 /// The host process of a `--rpc` case: starts the guest with `cmd`, connects
@@ -93,7 +76,9 @@ pub async fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
         }
         _ => {
             let opts = LinkOptions { wait: case.transport.wait(), ..LinkOptions::default() };
-            let (link, child) = spawn_guest_with(&HostHub::new(segment()?), cmd, opts)?;
+            // The slot tier carries everything up to 128 KiB, so a 64 KiB
+            // blob (and vox's frame around it) goes through the pool.
+            let (link, child) = spawn_guest_with(&HostHub::new(bench_segment(Pool::MappingTier)?), cmd, opts)?;
             measure(case, VoxLink::from(link), Some(child)).await
         }
     }
@@ -155,17 +140,7 @@ where
             return Err(format!("guest failed: {status}").into());
         }
     }
-    Ok(Measured {
-        p50_ns: percentile(&lat, 0.5),
-        p99_ns: percentile(&lat, 0.99),
-        p999_ns: percentile(&lat, 0.999),
-        deciles_ns: (1..10).map(|d| percentile(&lat, d as f64 / 10.0)).collect(),
-        messages: lat.len() as u64,
-        msgs_per_s: lat.len() as f64 / secs,
-        bytes_per_s: None,
-        host_signals: 0,
-        elapsed_s: secs,
-    })
+    Ok(Measured::from_sorted_latencies(&lat, secs))
 }
 
 /// The guest process of a `--rpc` case: serves `Echo` until the host ends
@@ -179,10 +154,7 @@ pub async fn guest(case: &Case, rest: Vec<String>) -> Res {
         stream.set_nodelay(true)?;
         serve(vox::transport::tcp::StreamLink::tcp(stream)).await
     } else {
-        let (args, _) = GuestArgs::parse(rest, std::env::var(vox_shm::host::MMAP_TX_FD_ENV).ok())?;
-        let opts = LinkOptions { wait: case.transport.wait(), ..LinkOptions::default() };
-        // SAFETY: inherited for us by spawn_guest and adopted once here.
-        let (_seg, link) = unsafe { args.connect(opts) }?;
+        let (_seg, link) = shm_guest_link(case, rest)?;
         serve(VoxLink::from(link)).await
     }
 }
