@@ -572,7 +572,10 @@ pub fn render_table(results: &[CaseResult]) -> String {
                         _ => "-".into(),
                     }
                 };
-                let signals = if r.case.transport == Transport::Uds { "-".into() } else { m.host_signals.to_string() };
+                // Counted only where the host drives a vox-shm link itself
+                // (in a vox case, vox owns the link's halves).
+                let counted = r.case.transport != Transport::Uds && r.case.kind != Kind::Vox;
+                let signals = if counted { m.host_signals.to_string() } else { "-".into() };
                 let _ = writeln!(
                     s,
                     "{:<32} {:<14} {:>11} {:>11} {:>11} {:>14} {:>9} {:>8}",
