@@ -26,7 +26,11 @@ pub enum WaitStrategy {
     /// longer than that wait the next time, up to 250 µs, until a wait shows
     /// the peer was away: under an RPC framework with many callers the
     /// processes take turns in batches, and the fixed budget polled in vain
-    /// and then paid for a wake-up too.
+    /// and then paid for a wake-up too. A wait that begins after this link
+    /// woke the peer (it rang the doorbell since its last wait) always polls
+    /// and never counts as the peer being away, since it includes the peer's
+    /// wake-up: otherwise two halves that had both taken to parking kept
+    /// each other there. That costs at most one budget of polling per signal.
     Spin {
         /// How long to poll before parking (at least; see above).
         budget: Duration,
