@@ -30,7 +30,8 @@ pub enum WaitStrategy {
     /// woke the peer (it rang the doorbell since its last wait) always polls
     /// and never counts as the peer being away, since it includes the peer's
     /// wake-up: otherwise two halves that had both taken to parking kept
-    /// each other there. That costs at most one budget of polling per signal.
+    /// each other there. That costs at most one budget of polling (up to 250 µs
+    /// once learned) per signal sent.
     Spin {
         /// How long to poll before parking (at least; see above).
         budget: Duration,

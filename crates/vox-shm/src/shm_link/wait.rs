@@ -237,7 +237,8 @@ impl Poller {
 /// up parking stayed there: each hop waited for the other's wake-up, every
 /// probe lost, and a vox 64 KiB echo ran at the speed of `Park` (2.6 k
 /// against 13 k calls/s) in one run out of three. What the exception costs
-/// at most is one configured budget of polling per signal sent.
+/// at most is one budget of polling (up to [`SPIN_BUDGET_MAX`] once learned)
+/// per signal sent.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SpinHistory {
     pub(super) credit: u8,
