@@ -344,9 +344,7 @@ impl ShmLinkRx {
             return Err(ShmLinkRxError::Failed(Box::new(e.clone())));
         }
         self.coop.tick().await;
-        let mut poller = Poller::new(
-            self.spin.strategy(self.core.wait_strategy(), self.core.counters.doorbell_signals.load(Ordering::Relaxed)),
-        );
+        let mut poller = Poller::new(self.core.next_wait(&mut self.spin));
         let mut parked = false;
         let mut wrap_since = None;
         loop {

@@ -193,8 +193,7 @@ impl ShmLinkTx {
     pub(super) async fn wait_for_space(&self, st: &mut TxState) -> Result<(), ShmLinkTxError> {
         let need = self.limits.worst_entry;
         let sh = &self.core;
-        let mut poller =
-            Poller::new(st.spin.strategy(sh.wait_strategy(), sh.counters.doorbell_signals.load(Ordering::Relaxed)));
+        let mut poller = Poller::new(sh.next_wait(&mut st.spin));
         let mut parked = false;
         // One attempt; a wrap it performs is a publication the consumer must
         // see even if the grant after it fails.

@@ -3,7 +3,7 @@
 
 use super::options::{LinkOptions, WaitStrategy};
 use super::stats::{bump_shared, Counters};
-use super::wait::{Announce, Half, Park};
+use super::wait::{Announce, Half, Park, SpinHistory};
 use crate::segment::Segment;
 use shm_primitives::bipbuf::BipBuf;
 use shm_primitives::peer::{PeerEntry, PeerState, Side};
@@ -188,6 +188,12 @@ impl Shared {
             WaitStrategy::Spin { .. } if self.one_cpu => WaitStrategy::Park,
             w => w,
         }
+    }
+
+    /// The strategy for a half's next wait, from its history: what it has
+    /// learned, and whether this link rang the peer since its last wait.
+    pub(super) fn next_wait(&self, history: &mut SpinHistory) -> WaitStrategy {
+        history.strategy(self.wait_strategy(), self.counters.doorbell_signals.load(Ordering::Relaxed))
     }
 
     /// A half that polls instead of parking never reads the doorbell, so it

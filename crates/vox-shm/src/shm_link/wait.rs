@@ -397,15 +397,10 @@ mod spin_history_tests {
         assert_eq!(h.strategy(SPIN, 2), SPIN);
         // The near miss of such a wait still teaches the budget, and once
         // polling catches the data the credit comes back.
+        let learned = Duration::from_micros(190) * 5 / 4;
         h.record(Some(budget), true, Duration::from_micros(190));
-        assert_eq!(
-            h.strategy(SPIN, 3),
-            WaitStrategy::Spin { budget: Duration::from_micros(237) + Duration::from_nanos(500) }
-        );
-        h.record(Some(Duration::from_micros(237)), false, Duration::from_micros(150));
-        assert_eq!(
-            h.strategy(SPIN, 3),
-            WaitStrategy::Spin { budget: Duration::from_micros(237) + Duration::from_nanos(500) }
-        );
+        assert_eq!(h.strategy(SPIN, 3), WaitStrategy::Spin { budget: learned });
+        h.record(Some(learned), false, Duration::from_micros(150));
+        assert_eq!(h.strategy(SPIN, 3), WaitStrategy::Spin { budget: learned });
     }
 }
