@@ -59,30 +59,36 @@ async fn cancelled_sends_and_receives_lose_nothing() {
         tx.close().await.unwrap();
         cancelled
     });
-    let mut next = 0u32;
-    let mut cancelled = 0u32;
-    loop {
-        let got = tokio::select! {
-            biased;
-            r = rx.recv() => Some(r),
-            _ = soon() => None,
-        };
-        match got {
-            None => cancelled += 1,
-            Some(Ok(Some(m))) => {
-                assert_eq!(m.as_bytes(), &payload(next)[..], "message {next}: every one, once, in order, intact");
-                next += 1;
-                received.store(next, Ordering::Relaxed);
-                // Hold some payloads a little, so senders wait for slots and mapping space.
-                if next % 11 == 0 {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
+    // Bounded: a receiver that stopped making progress would otherwise hang
+    // the sender's catch-up loop and this one until CI's own timeout.
+    let run = async {
+        let mut next = 0u32;
+        let mut cancelled = 0u32;
+        loop {
+            let got = tokio::select! {
+                biased;
+                r = rx.recv() => Some(r),
+                _ = soon() => None,
+            };
+            match got {
+                None => cancelled += 1,
+                Some(Ok(Some(m))) => {
+                    assert_eq!(m.as_bytes(), &payload(next)[..], "message {next}: every one, once, in order, intact");
+                    next += 1;
+                    received.store(next, Ordering::Relaxed);
+                    // Hold some payloads a little, so senders wait for slots and mapping space.
+                    if next % 11 == 0 {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
                 }
+                Some(Ok(None)) => break,
+                Some(Err(e)) => panic!("after {next}: {e}"),
             }
-            Some(Ok(None)) => break,
-            Some(Err(e)) => panic!("after {next}: {e}"),
         }
-    }
-    let send_cancels = sender.await.unwrap();
+        (next, cancelled, sender.await.unwrap())
+    };
+    let (next, cancelled, send_cancels) =
+        tokio::time::timeout(Duration::from_secs(300), run).await.expect("the run finishes within 300 s");
     assert_eq!(next, N);
     eprintln!("{cancelled} receives and {send_cancels} sends cancelled");
     assert!(cancelled > 100 && send_cancels > 100, "the test cancelled often: {cancelled} / {send_cancels}");
