@@ -358,3 +358,42 @@ async fn a_spinning_receiver_lets_other_tasks_run() {
     assert_eq!(grx.stats().recv_waits, 0, "the receiver had to sleep before the sender could run");
     drop(ticker.await.unwrap());
 }
+
+/// A spinning receiver in a spawned task leaves the runtime's driver running:
+/// a timer fires and a socket's data arrives while it polls, and the task
+/// they wake sends what it waits for.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_receiver_lets_timers_and_sockets_make_progress() {
+    use tokio::io::AsyncReadExt;
+    use vox_shm::{LinkOptions, WaitStrategy};
+    let dir = tempfile::tempdir().unwrap();
+    let seg = small_segment(dir.path(), 1, 4096, 8);
+    let spin = LinkOptions { wait: WaitStrategy::Spin { budget: Duration::from_secs(3) }, ..LinkOptions::default() };
+    let (host, guest) = vox_shm::host::create_test_link_pair_with(seg, LinkOptions::default(), spin).await.unwrap();
+    let (htx, _hrx) = host.split();
+    let (_gtx, mut grx) = guest.split();
+    let receiver = tokio::spawn(async move {
+        let m = grx.recv().await.unwrap().unwrap().as_bytes().to_vec();
+        (m, grx.stats().recv_waits)
+    });
+    tokio::task::yield_now().await; // the receiver starts polling
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(10));
+        std::io::Write::write_all(&mut &theirs, b"go").unwrap();
+    });
+    ours.set_nonblocking(true).unwrap();
+    let mut ours = tokio::net::UnixStream::from_std(ours).unwrap();
+    let mut go = [0u8; 2];
+    ours.read_exact(&mut go).await.unwrap();
+    writer.join().unwrap();
+    // A receiver that starved the driver would have polled its whole 3 s
+    // budget before the timer or the socket could wake us.
+    assert!(started.elapsed() < Duration::from_secs(2), "the timer and the socket waited {:?}", started.elapsed());
+    send(&htx, &go).await;
+    let (m, waits) = tokio::time::timeout(Duration::from_secs(30), receiver).await.unwrap().unwrap();
+    assert_eq!(m, b"go");
+    assert_eq!(waits, 0, "the receiver slept");
+}

@@ -161,6 +161,28 @@ pub(super) struct Poller {
     pub(super) sliced: bool,
 }
 
+/// Returns `Pending` once, having woken its own task: the task goes to the
+/// back of the run queue, so every other ready task runs before the next
+/// look, and the scheduler polls its I/O and timer driver at its usual
+/// interval (tokio: every 61 tasks, or when nothing else is ready).
+///
+/// Not `tokio::task::yield_now`: that defers the wake-up until the driver has
+/// been polled, which made every look of a spawned waiter an `epoll_wait`
+/// system call plus tokio's timer and child-process bookkeeping (about 15% of
+/// the profile of the `rpc` bench). Against it, this gave 13-30% more calls/s
+/// with 1 and 8 callers in that bench.
+async fn yield_to_ready_tasks() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
 /// How often a polling half checks for a hang-up.
 pub(super) const POLL_SLICE: Duration = Duration::from_micros(20);
 
@@ -205,7 +227,7 @@ impl Poller {
             self.checked = Some(now);
             self.sliced = true;
         }
-        tokio::task::yield_now().await;
+        yield_to_ready_tasks().await;
         true
     }
 
