@@ -325,15 +325,22 @@ async fn a_busy_link_does_not_starve_other_tasks_on_its_thread() {
     ticker.abort();
 }
 
-/// A receiver spinning on an empty ring (`Spin` with a long budget) keeps
-/// giving its thread to other tasks while it waits.
-#[tokio::test(flavor = "current_thread")]
-async fn a_spinning_receiver_lets_other_tasks_run() {
+/// A link pair whose guest polls for 3 s before it sleeps (the directory
+/// holds the segment file).
+async fn pair_with_a_spinning_guest() -> (tempfile::TempDir, vox_shm::ShmLink, vox_shm::ShmLink) {
     use vox_shm::{LinkOptions, WaitStrategy};
     let dir = tempfile::tempdir().unwrap();
     let seg = small_segment(dir.path(), 1, 4096, 8);
     let spin = LinkOptions { wait: WaitStrategy::Spin { budget: Duration::from_secs(3) }, ..LinkOptions::default() };
     let (host, guest) = vox_shm::host::create_test_link_pair_with(seg, LinkOptions::default(), spin).await.unwrap();
+    (dir, host, guest)
+}
+
+/// A receiver spinning on an empty ring (`Spin` with a long budget) keeps
+/// giving its thread to other tasks while it waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_receiver_lets_other_tasks_run() {
+    let (_dir, host, guest) = pair_with_a_spinning_guest().await;
     let (htx, _hrx) = host.split();
     let (_gtx, mut grx) = guest.split();
     let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -365,11 +372,7 @@ async fn a_spinning_receiver_lets_other_tasks_run() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_spinning_receiver_lets_timers_and_sockets_make_progress() {
     use tokio::io::AsyncReadExt;
-    use vox_shm::{LinkOptions, WaitStrategy};
-    let dir = tempfile::tempdir().unwrap();
-    let seg = small_segment(dir.path(), 1, 4096, 8);
-    let spin = LinkOptions { wait: WaitStrategy::Spin { budget: Duration::from_secs(3) }, ..LinkOptions::default() };
-    let (host, guest) = vox_shm::host::create_test_link_pair_with(seg, LinkOptions::default(), spin).await.unwrap();
+    let (_dir, host, guest) = pair_with_a_spinning_guest().await;
     let (htx, _hrx) = host.split();
     let (_gtx, mut grx) = guest.split();
     let receiver = tokio::spawn(async move {
