@@ -169,8 +169,10 @@ pub(super) struct Poller {
 /// Not `tokio::task::yield_now`: that defers the wake-up until the driver has
 /// been polled, which made every look of a spawned waiter an `epoll_wait`
 /// system call plus tokio's timer and child-process bookkeeping (about 15% of
-/// the profile of the `rpc` bench). Against it, this gave 13-30% more calls/s
-/// with 1 and 8 callers in that bench.
+/// the profile of the `rpc` bench). Against it, old and new binaries back to
+/// back (`vox-shm bench --runs 3` each, a 2-core Xeon VM) gave 312.6 k ->
+/// 411.4 k calls/s with 1 caller and 1.27 M -> 1.68 M with 64; 8 callers
+/// moved within the noise (1.10 M -> 1.01 M).
 async fn yield_to_ready_tasks() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
