@@ -221,30 +221,44 @@ impl MmapRegistry {
         })
     }
 
+    /// A region with room for `need` bytes: one whose cursor has room, or a
+    /// drained one that fits, rewound to the start.
     fn find_room(&mut self, need: u64) -> Option<usize> {
-        for (i, r) in self.regions.iter_mut().enumerate() {
-            if r.cursor + need <= r.size() {
-                return Some(i);
-            }
-            if self.reuse && r.cursor > REGION_HEADER_SIZE && REGION_HEADER_SIZE + need <= r.size() && r.drained() {
-                r.cursor = REGION_HEADER_SIZE;
-                self.stats.regions_reused += 1;
-                return Some(i);
-            }
+        if let Some(i) = self.regions.iter().position(|r| r.cursor + need <= r.size()) {
+            return Some(i);
         }
-        None
+        self.rewind_drained(need)
+    }
+
+    fn reusable(&self, r: &Region) -> bool {
+        self.reuse && r.drained()
+    }
+
+    /// Rewinds the first drained region big enough for `need` bytes.
+    fn rewind_drained(&mut self, need: u64) -> Option<usize> {
+        let i = self.regions.iter().position(|r| REGION_HEADER_SIZE + need <= r.size() && self.reusable(r))?;
+        self.regions[i].cursor = REGION_HEADER_SIZE;
+        self.stats.regions_reused += 1;
+        Some(i)
     }
 
     fn add_region(&mut self, need: u64) -> Result<usize, MmapAllocError> {
         let size = self.region_size_for(need);
         let size_usize = usize::try_from(size).map_err(|_| MmapAllocError::TooLarge { len: need })?;
-        // Over budget: give a drained region's id a new, fitting file.
         let mut slot = None;
         if self.stats.bytes_mapped + size > self.budget() {
-            slot = self.regions.iter().position(|r| self.reuse && r.drained());
-            if slot.is_none() {
-                return Err(MmapAllocError::BudgetSpent { budget: self.budget(), peer_reports_releases: self.reuse });
+            // The receiver releases while we look, so a region `find_room`
+            // saw in use may have drained since: rewind it rather than spend
+            // a new file (and a control datagram) on its id.
+            if let Some(i) = self.rewind_drained(need) {
+                return Ok(i);
             }
+            // Otherwise a drained region too small for `need` gets a new,
+            // fitting file under its id.
+            let Some(i) = self.regions.iter().position(|r| self.reusable(r)) else {
+                return Err(MmapAllocError::BudgetSpent { budget: self.budget(), peer_reports_releases: self.reuse });
+            };
+            slot = Some(i);
         }
         let mmap = MmapRegion::create_anonymous("vox-shm-payload", size_usize).map_err(MmapAllocError::Create)?;
         let (map_id, generation) = match slot {
@@ -572,3 +586,6 @@ impl MmapAttachments {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

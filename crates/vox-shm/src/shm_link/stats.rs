@@ -60,6 +60,9 @@ counters! {
     mmap_regions_created,
     /// Mapping regions reused after their payloads were released.
     mmap_regions_reused,
+    /// Mapping regions replaced by a bigger file under the same id (a payload
+    /// larger than any drained region, with the budget spent).
+    mmap_regions_retired,
 }
 
 /// Counts an event on a counter that only one half writes (each half owns its
@@ -79,6 +82,7 @@ pub(super) fn snapshot(counters: &Counters, registry: Option<&MmapRegistry>) -> 
     if let Some(r) = registry {
         s.mmap_regions_created = r.stats().regions_created;
         s.mmap_regions_reused = r.stats().regions_reused;
+        s.mmap_regions_retired = r.stats().regions_retired;
     }
     s
 }
