@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
 
-use vox_shm::{Link, LinkOptions, ShmLinkRxError};
-use vox_shm_testkit::check_payload;
+use vox_shm::host::spawn_guest_with;
+use vox_shm::mmap_registry::{DEFAULT_MAPPING_BUDGET, REGION_HEADER_SIZE};
+use vox_shm::{Link, LinkOptions, ShmLinkRxError, WriteSlot};
 use vox_shm_testkit::harness::{echo_round_trip, finish, hub, mixed, recv, send, spawn, LIMIT, SMALL_POOL};
+use vox_shm_testkit::{check_payload, fill_large};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shm-test-peer");
 
@@ -154,6 +157,35 @@ async fn a_host_announcing_to_a_dead_guest_still_delivers_the_guests_mapping_mes
         check_payload(seq, mixed(seq), m.expect("message").as_bytes()).unwrap();
     }
     assert!(matches!(recv(&mut rx).await, Err(ShmLinkRxError::PeerDead { peer: 1, host: false })));
+}
+
+/// A host that sends large messages before its guest has attached (so
+/// whether the guest reports releases is not known yet) keeps to the mapping
+/// budget: it waits for the guest instead of pinning a new region per message
+/// under the 0.3.1 budget, which a slow-starting guest then never got back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_sending_before_its_guest_attaches_keeps_to_the_mapping_budget() {
+    const N: u64 = 200;
+    const SIZE: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 1 << 16, &SMALL_POOL, 1);
+    let mut cmd = Command::new(PEER);
+    cmd.args(["sink-large", &N.to_string(), &SIZE.to_string()]).env("SHM_TEST_ATTACH_DELAY_MS", "500");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (link, child) = spawn_guest_with(&hub, cmd, LinkOptions::default()).unwrap();
+    let (tx, _rx) = link.split();
+    for seq in 0..N {
+        let p = tx.reserve().await.unwrap();
+        let mut s = p.alloc(SIZE).unwrap();
+        fill_large(seq, s.as_mut_slice());
+        s.commit();
+    }
+    let stats = tx.stats();
+    tx.close().await.unwrap();
+    assert!(finish(child).await.contains(&format!("received {N}")));
+    let most = DEFAULT_MAPPING_BUDGET / (SIZE as u64 + REGION_HEADER_SIZE).next_multiple_of(4096);
+    assert!(stats.mmap_regions_created <= most, "at most {most} regions: {stats:?}");
+    assert!(stats.mmap_budget_exhausted > 0, "the sender waited for the guest: {stats:?}");
 }
 
 /// A guest that cannot be trusted with a mapping: a file nobody can seal is

@@ -84,6 +84,11 @@ fn link_mode(mode: &str, args: &[String]) -> Res {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let (guest, _rest) = GuestArgs::from_env()?;
+        // A guest that is slow to start: the host builds and uses its link
+        // before the guest has attached (its features are still unknown).
+        if let Ok(ms) = std::env::var("SHM_TEST_ATTACH_DELAY_MS") {
+            std::thread::sleep(Duration::from_millis(ms.parse()?));
+        }
         let options = LinkOptions { wait: wait_from_env(), ..LinkOptions::default() };
         if mode == "hostile" {
             return hostile(&guest, args.get(1).map(String::as_str).unwrap_or("garbage")).await;

@@ -130,7 +130,9 @@ pub struct MmapRegistry {
     region_size: usize,
     budget: u64,
     legacy_budget: u64,
-    reuse: bool,
+    /// Whether the receiver reports releases (C4); `None` until its
+    /// features are known.
+    releases: Option<bool>,
     stats: RegistryStats,
 }
 
@@ -145,8 +147,9 @@ fn round_up(x: u64, to: u64) -> u64 {
 }
 
 impl MmapRegistry {
-    /// A registry announcing regions on `control`. `budget` applies once
-    /// reuse is on (the receiver reports releases), `legacy_budget` until then.
+    /// A registry announcing regions on `control`. `budget` applies while
+    /// the receiver reports releases (C4) or may turn out to (its features
+    /// are not known yet), `legacy_budget` once it is known not to.
     /// Both are raised to at least two regions of `max_payload`, so the largest
     /// payload always fits.
     pub fn new(
@@ -165,16 +168,15 @@ impl MmapRegistry {
             region_size,
             budget: budget.max(2 * largest),
             legacy_budget: legacy_budget.max(2 * largest),
-            reuse: false,
+            releases: None,
             stats: RegistryStats::default(),
         }
     }
 
     fn budget(&self) -> u64 {
-        if self.reuse {
-            self.budget
-        } else {
-            self.legacy_budget
+        match self.releases {
+            Some(false) => self.legacy_budget,
+            None | Some(true) => self.budget,
         }
     }
 
@@ -187,12 +189,17 @@ impl MmapRegistry {
     pub fn can_alloc(&self, len: u32) -> bool {
         let need = u64::from(len);
         self.stats.bytes_mapped + self.region_size_for(need) <= self.budget()
-            || self.regions.iter().any(|r| r.cursor + need <= r.size() || (self.reuse && r.drained()))
+            || self.regions.iter().any(|r| r.cursor + need <= r.size() || self.reusable(r))
     }
 
-    /// Turns region reuse on (the peer counts released bytes, extension C4).
-    pub fn enable_reuse(&mut self) {
-        self.reuse = true;
+    /// Records whether the receiver reports releases (extension C4), once
+    /// its features are known. With releases, drained regions are reused;
+    /// without, none is and the legacy budget applies. Until this is called
+    /// the registry keeps to `budget` without reusing, so a sender that runs
+    /// ahead of a peer that has not attached yet cannot pin more than a
+    /// receiver that reports releases would let it.
+    pub fn set_peer_reports_releases(&mut self, reports: bool) {
+        self.releases = Some(reports);
     }
 
     /// Counters.
@@ -231,7 +238,7 @@ impl MmapRegistry {
     }
 
     fn reusable(&self, r: &Region) -> bool {
-        self.reuse && r.drained()
+        self.releases == Some(true) && r.drained()
     }
 
     /// Rewinds the first drained region big enough for `need` bytes.
@@ -256,7 +263,10 @@ impl MmapRegistry {
             // Otherwise a drained region too small for `need` gets a new,
             // fitting file under its id.
             let Some(i) = self.regions.iter().position(|r| self.reusable(r)) else {
-                return Err(MmapAllocError::BudgetSpent { budget: self.budget(), peer_reports_releases: self.reuse });
+                return Err(MmapAllocError::BudgetSpent {
+                    budget: self.budget(),
+                    peer_reports_releases: self.releases != Some(false),
+                });
             };
             slot = Some(i);
         }

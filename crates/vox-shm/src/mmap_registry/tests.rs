@@ -13,7 +13,7 @@ fn registry() -> (MmapRegistry, OwnedFd) {
     let (tx, rx) = create_pair().unwrap();
     let mut r =
         MmapRegistry::new(MmapControlSender::new(tx).unwrap(), REGION as usize, 4 * REGION, 4 * REGION, PAYLOAD);
-    r.enable_reuse();
+    r.set_peer_reports_releases(true);
     (r, rx)
 }
 
@@ -74,4 +74,25 @@ async fn a_drained_region_too_small_for_the_payload_gets_a_new_file_under_its_id
     assert_eq!((m.map_id, m.map_generation), (3, 1));
     let s = r.stats();
     assert_eq!((s.regions_created, s.regions_reused, s.regions_retired), (5, 0, 1));
+}
+
+/// Until the receiver's features are known (a guest that has not attached
+/// yet) the registry keeps to the smaller budget and reuses nothing; once the
+/// receiver is known not to report releases, the legacy budget applies.
+#[tokio::test]
+async fn until_the_receiver_is_known_the_smaller_budget_holds() {
+    let (tx, _rx) = create_pair().unwrap();
+    let control = MmapControlSender::new(tx).unwrap();
+    let mut r = MmapRegistry::new(control, REGION as usize, 4 * REGION, 6 * REGION, PAYLOAD);
+    for _ in 0..4 {
+        send(&mut r, PAYLOAD);
+    }
+    assert!(!r.can_alloc(PAYLOAD));
+    release_all(&r, 0); // not trusted: this receiver may not count releases
+    assert!(!r.can_alloc(PAYLOAD));
+    r.set_peer_reports_releases(false);
+    assert!(r.can_alloc(PAYLOAD));
+    assert_eq!([send(&mut r, PAYLOAD).map_id, send(&mut r, PAYLOAD).map_id], [4, 5]);
+    assert!(matches!(r.alloc(PAYLOAD), Err(MmapAllocError::BudgetSpent { peer_reports_releases: false, .. })));
+    assert_eq!(r.stats().regions_reused, 0);
 }

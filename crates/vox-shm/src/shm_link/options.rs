@@ -60,7 +60,9 @@ pub struct LinkOptions {
     /// How long a receiver waits for a mapping region's late announcement.
     pub mmap_attach_timeout: Duration,
     /// Most bytes of mapping regions the sending side keeps alive, with a
-    /// receiver that reports releases (ours).
+    /// receiver that reports releases (ours), and also while the receiver's
+    /// features are not known yet (a guest that has not attached): a sender
+    /// that runs ahead of its guest waits at this bound.
     pub mmap_budget: u64,
     /// The same bound for a receiver that cannot report releases (vox-shm
     /// 0.3.1), whose regions are never reused.

@@ -211,12 +211,10 @@ impl ShmLinkTx {
                 // Only the position matters: `alloc` grants the real size.
                 st.producer.cancel();
             }
-            // With releases reported (C4), the mapping tier is backpressure too:
-            // wait until the largest payload could be placed within the budget.
-            let mapping_ok = !sh.negotiated(Features::MAPPING_RELEASE) || {
-                st.registry.enable_reuse();
-                st.registry.can_alloc(max_payload)
-            };
+            // With releases reported (C4), or while the peer may yet report
+            // them, the mapping tier is backpressure too: wait until the
+            // largest payload could be placed within the budget.
+            let mapping_ok = sh.learn_releases(&mut st.registry) == Some(false) || st.registry.can_alloc(max_payload);
             Ok(match (granted, mapping_ok) {
                 (true, true) => None,
                 (false, _) => Some(&sh.counters.ring_exhausted),
@@ -385,9 +383,7 @@ impl ShmTxPermit {
                     Payload::Slot { slot, len }
                 }
                 None => {
-                    if core.negotiated(Features::MAPPING_RELEASE) {
-                        registry.enable_reuse();
-                    }
+                    core.learn_releases(registry);
                     let a = registry.alloc(len)?;
                     if let Err(e) = Self::grant(producer, MMAP_REF_ENTRY_SIZE, peer) {
                         registry.cancel(a);

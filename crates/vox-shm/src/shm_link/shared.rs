@@ -4,6 +4,7 @@
 use super::options::{LinkOptions, WaitStrategy};
 use super::stats::{bump_shared, Counters};
 use super::wait::{Announce, Half, Park, SpinHistory};
+use crate::mmap_registry::MmapRegistry;
 use crate::segment::Segment;
 use shm_primitives::bipbuf::BipBuf;
 use shm_primitives::peer::{PeerEntry, PeerState, Side};
@@ -105,6 +106,19 @@ impl Shared {
     /// draining half is awake already; waking it too would make its task
     /// poll twice and its runtime take an extra trip through the reactor.
     /// The features both sides use, once the peer's are known.
+    /// Whether the peer reports mapping releases (C4), told to `registry`
+    /// once known: `None` while the peer's features are not known yet.
+    pub(super) fn learn_releases(&self, registry: &mut MmapRegistry) -> Option<bool> {
+        let reports = match self.ours.contains(Features::MAPPING_RELEASE) {
+            true => self.peer_features().map(|p| p.contains(Features::MAPPING_RELEASE)),
+            false => Some(false),
+        };
+        if let Some(r) = reports {
+            registry.set_peer_reports_releases(r);
+        }
+        reports
+    }
+
     pub(super) fn negotiated_features(&self) -> Option<Features> {
         self.peer_features().map(|p| p.intersect(self.ours))
     }
