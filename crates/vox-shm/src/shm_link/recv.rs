@@ -431,12 +431,13 @@ impl ShmLinkRx {
     /// With the ring found empty: has the peer closed (then `Ok(None)`) or
     /// died (then an error, unless it cannot announce a close)?
     pub(super) fn end_of_stream(&mut self) -> Result<Option<Result<Option<Backing>, ShmLinkRxError>>, ShmLinkRxError> {
-        let sh = self.core.shared.clone();
-        let closed = sh.peer_closed();
-        let gone = sh.gone();
+        // Borrowed, not cloned, on this path: it runs at every empty look,
+        // and an `Arc` clone is two locked instructions.
+        let (closed, gone) = (self.core.shared.peer_closed(), self.core.shared.gone());
         if !closed && !gone {
             return Ok(None);
         }
+        let sh = self.core.shared.clone();
         // The flag (Acquire) or the death came after the peer's last commit:
         // look once more before ending (spec C2).
         match self.step()? {
