@@ -103,6 +103,15 @@ pub fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many regions the default mapping budget holds for messages of
+/// `payload` bytes, each too big to share a region with another: one payload
+/// per region plus its header, rounded up to a page. Worked out here, not
+/// asked of the registry, so the tests check the registry against it.
+pub fn regions_in_default_budget(payload: usize) -> u64 {
+    let region = (payload as u64 + vox_shm::mmap_registry::REGION_HEADER_SIZE).next_multiple_of(4096);
+    vox_shm::mmap_registry::DEFAULT_MAPPING_BUDGET / region
+}
+
 /// Fills a large message cheaply: its sequence number at both ends and one
 /// byte value derived from it in between (memset speed).
 pub fn fill_large(seq: u64, buf: &mut [u8]) {

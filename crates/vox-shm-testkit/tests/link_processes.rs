@@ -8,10 +8,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
 use vox_shm::host::spawn_guest_with;
-use vox_shm::mmap_registry::{DEFAULT_MAPPING_BUDGET, REGION_HEADER_SIZE};
 use vox_shm::{Link, LinkOptions, ShmLinkRxError, WriteSlot};
 use vox_shm_testkit::harness::{echo_round_trip, finish, hub, mixed, recv, send, spawn, LIMIT, SMALL_POOL};
-use vox_shm_testkit::{check_payload, fill_large};
+use vox_shm_testkit::{check_payload, fill_large, regions_in_default_budget};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shm-test-peer");
 
@@ -183,7 +182,7 @@ async fn a_host_sending_before_its_guest_attaches_keeps_to_the_mapping_budget() 
     let stats = tx.stats();
     tx.close().await.unwrap();
     assert!(finish(child).await.contains(&format!("received {N}")));
-    let most = DEFAULT_MAPPING_BUDGET / (SIZE as u64 + REGION_HEADER_SIZE).next_multiple_of(4096);
+    let most = regions_in_default_budget(SIZE);
     assert!(stats.mmap_regions_created <= most, "at most {most} regions: {stats:?}");
     assert!(stats.mmap_budget_exhausted > 0, "the sender waited for the guest: {stats:?}");
 }

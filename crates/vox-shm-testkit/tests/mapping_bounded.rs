@@ -1,10 +1,10 @@
 //! Resource accounting across many links; a test binary of its own, so no
 //! other test's descriptors or mappings share the process.
 
-use vox_shm::mmap_registry::{DEFAULT_MAPPING_BUDGET, REGION_HEADER_SIZE};
+use vox_shm::mmap_registry::DEFAULT_MAPPING_BUDGET;
 use vox_shm::{Link, WriteSlot};
 use vox_shm_testkit::harness::{finish, hub, spawn, SMALL_POOL};
-use vox_shm_testkit::{fd_count, fill_large, status_kb};
+use vox_shm_testkit::{fd_count, fill_large, regions_in_default_budget, status_kb};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shm-test-peer");
 
@@ -43,8 +43,7 @@ async fn ten_thousand_1mib_mapping_messages_stay_bounded() {
     // Each region holds one 1 MiB payload (plus its header, rounded to a
     // page), so the default 64 MiB budget holds 63 of them; after that every
     // message reuses a drained region, whenever the receiver drains it.
-    let region = (SIZE as u64 + REGION_HEADER_SIZE).next_multiple_of(4096);
-    let most = DEFAULT_MAPPING_BUDGET / region;
+    let most = regions_in_default_budget(SIZE);
     assert!(stats.mmap_regions_created <= most, "at most {most} regions: {stats:?}");
     assert_eq!(stats.mmap_regions_retired, 0, "no region needs a bigger file: {stats:?}");
     assert_eq!(stats.mmap_regions_created + stats.mmap_regions_reused, N, "every other message reuses one: {stats:?}");

@@ -101,26 +101,24 @@ impl Shared {
         self.tx_notify.notify_waiters();
     }
 
-    /// Records what a drain of the doorbell by half `by` found. The signal may
-    /// have been meant for the other half, so that one is woken (B6). The
-    /// draining half is awake already; waking it too would make its task
-    /// poll twice and its runtime take an extra trip through the reactor.
     /// The features both sides use, once the peer's are known.
+    pub(super) fn negotiated_features(&self) -> Option<Features> {
+        self.peer_features().map(|p| p.intersect(self.ours))
+    }
+
     /// Whether the peer reports mapping releases (C4), told to `registry`
     /// once known: `None` while the peer's features are not known yet.
     pub(super) fn learn_releases(&self, registry: &mut MmapRegistry) -> Option<bool> {
-        let reports = match self.ours.contains(Features::MAPPING_RELEASE) {
-            true => self.peer_features().map(|p| p.contains(Features::MAPPING_RELEASE)),
-            false => Some(false),
+        // Without our offer the feature is off whatever the peer says.
+        let reports = if self.ours.contains(Features::MAPPING_RELEASE) {
+            self.peer_features().map(|p| p.contains(Features::MAPPING_RELEASE))
+        } else {
+            Some(false)
         };
         if let Some(r) = reports {
             registry.set_peer_reports_releases(r);
         }
         reports
-    }
-
-    pub(super) fn negotiated_features(&self) -> Option<Features> {
-        self.peer_features().map(|p| p.intersect(self.ours))
     }
 
     /// Starts parking `half` (see [`Park`]); `None` if the doorbell had
@@ -177,6 +175,10 @@ impl Shared {
         }
     }
 
+    /// Records what a drain of the doorbell by half `by` found. The signal may
+    /// have been meant for the other half, so that one is woken (B6). The
+    /// draining half is awake already; waking it too would make its task
+    /// poll twice and its runtime take an extra trip through the reactor.
     pub(super) fn note_drain(&self, d: io::Result<Drained>, by: Half) {
         match d {
             Ok(d) if !d.peer_gone => {
