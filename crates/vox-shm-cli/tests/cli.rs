@@ -73,12 +73,16 @@ fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
     assert!(out.status.success(), "{t}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
-    assert_eq!(results.len(), 4, "unix-stream + three wait strategies");
+    assert_eq!(results.len(), 5, "unix-stream, three wait strategies and the cache-line floor");
     for r in results {
         assert!(r["error"].is_null(), "{r}");
         assert!(r["measured"]["p50_ns"].as_u64().unwrap() > 0);
     }
     assert!(t.contains("unix-stream") && t.contains("shm busy-poll") && t.contains("vs unix"), "{t}");
+    assert!(
+        t.lines().any(|l| l.contains("cache line") && l.trim_end().ends_with('-')),
+        "the floor sends no signals: {t}"
+    );
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("shm spin"));
 }

@@ -1,7 +1,9 @@
 //! `vox-shm bench`: every workload over vox-shm (for each wait strategy) and
 //! over a tokio `UnixStream`, each case in fresh host and guest processes,
-//! with the ratio between them.
+//! with the ratio between them; beside the 64 B round trips, the machine's
+//! floor for one (see [`cache_line`]).
 
+mod cache_line;
 mod endpoint;
 mod model;
 mod svg;
@@ -118,6 +120,11 @@ fn cases(quick: bool) -> Vec<Case> {
     add(Kind::Stream, 1 << 20, q(3_000), Pool::Slots);
     add(Kind::Stream, 1 << 20, q(3_000), Pool::MappingTier);
     add(Kind::Duplex, 64, q(1_000_000), Pool::Slots);
+    // The machine's floor, right after the 64 B round trips it bounds.
+    let rt64 = |c: &Case| c.kind == Kind::RoundTrip && c.size == 64 && !c.one_cpu;
+    let at = out.iter().rposition(rt64).expect("the 64 B round trips are there");
+    let floor = Case { transport: Transport::CacheLine, ..out[at].clone() };
+    out.insert(at + 1, floor);
     out
 }
 
@@ -266,6 +273,9 @@ pub fn host(case_json: &str) -> Res {
         cmd.arg("bench-guest").arg(case_json).stdout(Stdio::null()).stderr(Stdio::inherit());
         if case.kind == Kind::Vox {
             return vox_rpc::host(&case, cmd).await;
+        }
+        if case.transport == Transport::CacheLine {
+            return cache_line::host(&case, cmd);
         }
         let (tx, rx, mut child) = match case.transport {
             Transport::Uds => {
@@ -465,6 +475,9 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
     if case.kind == Kind::Vox {
         return runtime()?.block_on(vox_rpc::guest(&case, rest));
     }
+    if case.transport == Transport::CacheLine {
+        return cache_line::guest(&rest);
+    }
     runtime()?.block_on(async {
         let (tx, rx) = if let Some(a) = rest.iter().find_map(|a| a.strip_prefix("--uds-fd=")) {
             let raw = inherited_fd(a)?;
@@ -574,7 +587,7 @@ pub fn render_table(results: &[CaseResult]) -> String {
                 };
                 // Counted only where the host drives a vox-shm link itself
                 // (in a vox case, vox owns the link's halves).
-                let counted = r.case.transport != Transport::Uds && r.case.kind != Kind::Vox;
+                let counted = r.case.transport.is_shm() && r.case.kind != Kind::Vox;
                 let signals = if counted { m.host_signals.to_string() } else { "-".into() };
                 let _ = writeln!(
                     s,

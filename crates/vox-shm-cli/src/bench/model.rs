@@ -45,9 +45,17 @@ pub enum Transport {
     /// No transport: vox's in-process memory link between two threads of
     /// one process (`bench --rpc` only): what vox costs with no transport.
     Memory,
+    /// No transport either: a counter passed between the two processes
+    /// through one cache line each way, spinning (the 64 B round trip only):
+    /// the machine's floor in that run.
+    CacheLine,
 }
 
 impl Transport {
+    /// One of vox-shm's own links.
+    pub fn is_shm(self) -> bool {
+        matches!(self, Transport::ShmPark | Transport::ShmSpin | Transport::ShmBusyPoll)
+    }
     pub fn wait(self) -> WaitStrategy {
         match self {
             Transport::ShmPark => WaitStrategy::Park,
@@ -63,6 +71,7 @@ impl Transport {
             Transport::ShmBusyPoll => "shm busy-poll",
             Transport::Tcp => "tcp",
             Transport::Memory => "in-process",
+            Transport::CacheLine => "cache line",
         }
     }
 }

@@ -79,6 +79,7 @@ fn color(t: Transport) -> &'static str {
         Transport::Uds => "#999",
         Transport::Tcp => "#c9a13b",
         Transport::Memory => "#ddd",
+        Transport::CacheLine => "#bbb",
     }
 }
 

@@ -1,0 +1,183 @@
+//! The machine's floor for a cross-process round trip, measured in the same
+//! run as everything else: two processes pass a counter through shared
+//! memory, one cache line each way, spinning, with no framing, no runtime and
+//! no system call. On a VM the floor itself changes from run to run (where
+//! the host places the two vCPUs), so set against it, a transport's figures
+//! show how much of their spread is the machine's.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::model::{Case, Measured};
+use super::{inherited_fd, keep_across_exec};
+use crate::Res;
+
+const MAP_LEN: usize = 4096;
+/// The host's line and the guest's, two lines apart (a CPU may fetch lines in
+/// adjacent pairs).
+const GUEST_LINE: usize = 128;
+/// The host's last value: the guest stops.
+const STOP: u64 = u64::MAX;
+/// Spins between checks that the other process is still there.
+const CHECK_EVERY: u64 = 1 << 20;
+/// A guest that sees no new value for this long gives up.
+const GUEST_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A shared mapping of a memfd's first page, holding the two counters.
+struct Lines {
+    base: NonNull<u8>,
+}
+
+impl Lines {
+    fn create() -> Res<(OwnedFd, Lines)> {
+        // SAFETY: a static C string; the flags ask for nothing unusual.
+        let raw = unsafe { libc::memfd_create(c"vox-shm-bench-cache-line".as_ptr(), 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: just created, and owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: `ftruncate` on our own descriptor; no memory is passed.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), MAP_LEN as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let lines = Lines::map(&fd)?;
+        Ok((fd, lines))
+    }
+
+    fn map(fd: &OwnedFd) -> Res<Lines> {
+        // SAFETY: a fresh shared mapping of MAP_LEN bytes of `fd` (at least
+        // that long: the host truncated it to MAP_LEN, and the guest checks
+        // below); nothing else is mapped at the address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MAP_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let base = NonNull::new(p.cast::<u8>()).ok_or("mmap returned null")?;
+        Ok(Lines { base })
+    }
+
+    fn at(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: offset + 8 <= MAP_LEN and 8-aligned (page-aligned base);
+        // the page stays mapped while `self` lives, any bit pattern is a valid
+        // AtomicU64, and the other process only ever accesses it atomically.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+    fn host(&self) -> &AtomicU64 {
+        self.at(0)
+    }
+    fn guest(&self) -> &AtomicU64 {
+        self.at(GUEST_LINE)
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping of MAP_LEN bytes, no longer borrowed (the
+        // references `at` hands out borrow `self`).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), MAP_LEN) };
+    }
+}
+
+/// The host of the floor case: spawns `cmd` (the guest) with the memfd and
+/// times `case.count` round trips after a warm-up, as the other round trips.
+pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
+    let (fd, lines) = Lines::create()?;
+    let raw = fd.as_raw_fd();
+    cmd.arg(format!("--line-fd={raw}"));
+    // SAFETY: runs in the forked child before exec; `fcntl` only, on a
+    // descriptor open in the parent until after `spawn`.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || keep_across_exec(raw));
+    }
+    let mut child = cmd.spawn()?;
+    drop(fd);
+    let warmup = (case.count / 10).max(10);
+    let mut rtts = Vec::with_capacity(case.count as usize);
+    let started = Instant::now();
+    for seq in 1..=warmup + case.count {
+        let t = Instant::now();
+        // Release/Acquire: the counter is all that travels, but the pairing
+        // is what a real transport's publication costs.
+        lines.host().store(seq, Ordering::Release);
+        let mut spins = 0u64;
+        while lines.guest().load(Ordering::Acquire) != seq {
+            spins += 1;
+            if spins % CHECK_EVERY == 0 {
+                if let Some(status) = child.try_wait()? {
+                    return Err(format!("guest exited mid-run: {status}").into());
+                }
+            }
+        }
+        if seq > warmup {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    lines.host().store(STOP, Ordering::Release);
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(format!("guest failed: {status}").into());
+    }
+    rtts.sort_unstable();
+    let mut m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
+    m.elapsed_s = elapsed_s;
+    Ok(m)
+}
+
+/// The guest of the floor case: echoes each counter value until told to stop.
+pub fn guest(rest: &[String]) -> Res {
+    let arg = rest.iter().find_map(|a| a.strip_prefix("--line-fd=")).ok_or("the cache-line guest needs --line-fd")?;
+    // SAFETY: inherited for us by the bench host and adopted once, here.
+    let fd = unsafe { OwnedFd::from_raw_fd(inherited_fd(arg)?) };
+    // SAFETY: `fstat` fills the struct we pass and reads nothing else.
+    let len = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        st.st_size
+    };
+    if len < MAP_LEN as libc::off_t {
+        return Err(format!("--line-fd={arg} is {len} bytes, not {MAP_LEN}").into());
+    }
+    let lines = Lines::map(&fd)?;
+    let (mut want, mut spins) = (1u64, 0u64);
+    let mut progress = (want, Instant::now());
+    loop {
+        let v = lines.host().load(Ordering::Acquire);
+        if v == want {
+            lines.guest().store(want, Ordering::Release);
+            want += 1;
+            continue;
+        }
+        if v == STOP {
+            return Ok(());
+        }
+        // Otherwise it is the value already answered (0, the file's initial
+        // content, before the first).
+        if v != want - 1 {
+            return Err(format!("host wrote {v}, expected {} or {want}", want - 1).into());
+        }
+        spins += 1;
+        if spins % CHECK_EVERY == 0 {
+            if progress.0 != want {
+                progress = (want, Instant::now());
+            } else if progress.1.elapsed() > GUEST_PATIENCE {
+                return Err("the host stopped sending".into());
+            }
+        }
+    }
+}
