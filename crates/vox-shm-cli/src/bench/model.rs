@@ -99,6 +99,11 @@ pub struct Case {
     /// Host and guest both pinned to one CPU (as `taskset -c 0` would).
     #[serde(default)]
     pub one_cpu: bool,
+    /// Each process drives the workload from the runtime's `block_on`
+    /// future itself (as a `#[tokio::main]` loop does), not from a spawned
+    /// task (as a server's connection handler does, and every other case).
+    #[serde(default)]
+    pub in_block_on: bool,
 }
 
 impl Case {
@@ -115,7 +120,8 @@ impl Case {
         };
         let tier = if self.pool == Pool::MappingTier { " (mapping tier)" } else { "" };
         let cpu = if self.one_cpu { " (one CPU)" } else { "" };
-        format!("{kind} {}{tier}{cpu}", human_size(self.size))
+        let main = if self.in_block_on { " (in block_on)" } else { "" };
+        format!("{kind} {}{tier}{cpu}{main}", human_size(self.size))
     }
     pub fn name(&self) -> String {
         format!("{} / {}", self.workload(), self.transport.label())
@@ -206,6 +212,7 @@ fn baseline<'a>(r: &CaseResult, all: &'a [CaseResult]) -> Option<&'a CaseResult>
             && b.case.size == r.case.size
             && b.case.callers == r.case.callers
             && b.case.one_cpu == r.case.one_cpu
+            && b.case.in_block_on == r.case.in_block_on
     })
 }
 

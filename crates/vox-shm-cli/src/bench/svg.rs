@@ -217,6 +217,7 @@ mod tests {
             pool: Pool::Slots,
             callers: 0,
             one_cpu: false,
+            in_block_on: false,
         };
         let runs = runs.iter().map(|&p50_ns| Measured { p50_ns, ..Measured::default() }).collect();
         CaseResult::from_runs(case, runs, None)

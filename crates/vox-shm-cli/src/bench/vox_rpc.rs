@@ -38,7 +38,16 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 Transport::ShmBusyPoll,
                 Transport::Memory,
             ] {
-                out.push(Case { kind: Kind::Vox, size, count, transport, pool: Pool::Slots, callers, one_cpu: false });
+                out.push(Case {
+                    kind: Kind::Vox,
+                    size,
+                    count,
+                    transport,
+                    pool: Pool::Slots,
+                    callers,
+                    one_cpu: false,
+                    in_block_on: false,
+                });
             }
         }
     }
