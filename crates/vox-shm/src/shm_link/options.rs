@@ -16,8 +16,8 @@ use std::time::Duration;
 /// that future wakes itself and no task is ready, tokio polls its I/O and
 /// timer driver before polling it again, so every look becomes an
 /// `epoll_wait`. On a 2-core KVM guest that made the 64 B round trip
-/// 1.0 µs instead of 0.64-0.71 µs (`vox-shm bench --filter "round trip 64 B"`,
-/// rows with and without "in block_on").
+/// 0.93-1.07 µs instead of 0.65-0.75 µs in three runs (`vox-shm bench
+/// --filter "round trip 64 B"`, rows with and without "in block_on").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// Sleep on the doorbell at once. Lowest CPU use; every wake-up is a
