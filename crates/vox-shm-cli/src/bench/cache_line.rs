@@ -26,24 +26,18 @@ const CHECK_EVERY: u64 = 1 << 20;
 /// A guest that sees no new value for this long gives up.
 const GUEST_PATIENCE: Duration = Duration::from_secs(30);
 
-/// A shared mapping of a memfd's first page, holding the two counters.
+/// A shared mapping of a file's first page, holding the two counters.
 struct Lines {
     base: NonNull<u8>,
 }
 
 impl Lines {
     fn create() -> Res<(OwnedFd, Lines)> {
-        // SAFETY: a static C string; the flags ask for nothing unusual.
-        let raw = unsafe { libc::memfd_create(c"vox-shm-bench-cache-line".as_ptr(), 0) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: just created, and owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: `ftruncate` on our own descriptor; no memory is passed.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), MAP_LEN as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        // An unlinked temporary file (tmpfs on most Linux systems): macOS
+        // has no memfd, and the page never needs to reach a disk.
+        let file = tempfile::tempfile()?;
+        file.set_len(MAP_LEN as u64)?;
+        let fd = OwnedFd::from(file);
         let lines = Lines::map(&fd)?;
         Ok((fd, lines))
     }
@@ -91,7 +85,7 @@ impl Drop for Lines {
     }
 }
 
-/// The host of the floor case: spawns `cmd` (the guest) with the memfd and
+/// The host of the floor case: spawns `cmd` (the guest) with the file and
 /// times `case.count` round trips after a warm-up, as the other round trips.
 pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
     let (fd, lines) = Lines::create()?;
