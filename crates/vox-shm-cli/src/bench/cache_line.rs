@@ -5,14 +5,14 @@
 //! the host places the two vCPUs), so set against it, a transport's figures
 //! show how much of their spread is the machine's.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::model::{Case, Measured};
-use super::{inherited_fd, keep_across_exec};
+use super::{pass_fd, take_fd};
 use crate::Res;
 
 const MAP_LEN: usize = 4096;
@@ -89,13 +89,7 @@ impl Drop for Lines {
 /// times `case.count` round trips after a warm-up, as the other round trips.
 pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
     let (fd, lines) = Lines::create()?;
-    let raw = fd.as_raw_fd();
-    cmd.arg(format!("--line-fd={raw}"));
-    // SAFETY: runs in the forked child before exec; `fcntl` only, on a
-    // descriptor open in the parent until after `spawn`.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || keep_across_exec(raw));
-    }
+    pass_fd(&mut cmd, "line-fd", &fd);
     let mut child = cmd.spawn()?;
     drop(fd);
     let warmup = (case.count / 10).max(10);
@@ -133,20 +127,13 @@ pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
 
 /// The guest of the floor case: echoes each counter value until told to stop.
 pub fn guest(rest: &[String]) -> Res {
-    let arg = rest.iter().find_map(|a| a.strip_prefix("--line-fd=")).ok_or("the cache-line guest needs --line-fd")?;
-    // SAFETY: inherited for us by the bench host and adopted once, here.
-    let fd = unsafe { OwnedFd::from_raw_fd(inherited_fd(arg)?) };
-    // SAFETY: `fstat` fills the struct we pass and reads nothing else.
-    let len = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        st.st_size
-    };
-    if len < MAP_LEN as libc::off_t {
-        return Err(format!("--line-fd={arg} is {len} bytes, not {MAP_LEN}").into());
+    let fd = take_fd(rest, "line-fd")?.ok_or("the cache-line guest needs --line-fd")?;
+    let file = std::fs::File::from(fd);
+    let len = file.metadata()?.len();
+    if len < MAP_LEN as u64 {
+        return Err(format!("--line-fd is {len} bytes, not {MAP_LEN}").into());
     }
+    let fd = OwnedFd::from(file);
     let lines = Lines::map(&fd)?;
     let (mut want, mut spins) = (1u64, 0u64);
     let mut progress = (want, Instant::now());

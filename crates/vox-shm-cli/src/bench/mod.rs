@@ -285,13 +285,7 @@ pub fn host(case_json: &str) -> Res {
             Transport::Uds => {
                 let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
                 let theirs = OwnedFd::from(theirs);
-                let raw = theirs.as_raw_fd();
-                cmd.arg(format!("--uds-fd={raw}"));
-                // SAFETY: runs in the forked child before exec; `fcntl` only, on a
-                // descriptor open in the parent until after `spawn`.
-                unsafe {
-                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || keep_across_exec(raw));
-                }
+                pass_fd(&mut cmd, "uds-fd", &theirs);
                 let child = cmd.spawn()?;
                 drop(theirs);
                 mine.set_nonblocking(true)?;
@@ -485,10 +479,8 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
         return cache_line::guest(&rest);
     }
     runtime()?.block_on(async {
-        let (tx, rx) = if let Some(a) = rest.iter().find_map(|a| a.strip_prefix("--uds-fd=")) {
-            let raw = inherited_fd(a)?;
-            // SAFETY: inherited for us by the bench host and adopted once here.
-            let sock = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        let (tx, rx) = if let Some(fd) = take_fd(&rest, "uds-fd")? {
+            let sock = std::os::unix::net::UnixStream::from(fd);
             sock.set_nonblocking(true)?;
             let (r, w) = tokio::net::UnixStream::from_std(sock)?.into_split();
             (
@@ -657,23 +649,38 @@ pub fn render_table(results: &[CaseResult]) -> String {
     s
 }
 
-/// Lets `fd` survive the `exec` of the guest (in the forked child only): the
-/// socket baseline's descriptor, passed by number. (vox-shm's own descriptors
-/// travel with `spawn_guest`.)
-fn keep_across_exec(fd: std::os::fd::RawFd) -> std::io::Result<()> {
-    // SAFETY: `fcntl` on a descriptor number; no memory is passed.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+/// Passes `fd` to the guest `cmd` will start, as `--{flag}=N`: it survives
+/// the `exec` (cleared close-on-exec in the forked child only) and must stay
+/// open until `spawn`. The socket baseline and the cache-line floor pass
+/// theirs this way; vox-shm's own descriptors travel with `spawn_guest`.
+fn pass_fd(cmd: &mut Command, flag: &str, fd: &OwnedFd) {
+    let raw = fd.as_raw_fd();
+    cmd.arg(format!("--{flag}={raw}"));
+    let keep = move || {
+        // SAFETY: `fcntl` on a descriptor number; no memory is passed.
+        if unsafe { libc::fcntl(raw, libc::F_SETFD, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: runs in the forked child before exec and only calls `fcntl`,
+    // which is async-signal-safe, on a descriptor open in the parent until
+    // after `spawn`.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(cmd, keep) };
 }
 
-/// The descriptor number the bench host passed, checked to be open.
-fn inherited_fd(arg: &str) -> Res<std::os::fd::RawFd> {
-    let fd: std::os::fd::RawFd = arg.parse().map_err(|_| format!("--uds-fd={arg} is not a descriptor number"))?;
+/// Guest: the descriptor the bench host passed as `--{flag}=N` with
+/// [`pass_fd`], if it passed one, checked to be open. Call it once per flag:
+/// it takes ownership of the descriptor.
+fn take_fd(rest: &[String], flag: &str) -> Res<Option<OwnedFd>> {
+    let prefix = format!("--{flag}=");
+    let Some(arg) = rest.iter().find_map(|a| a.strip_prefix(prefix.as_str())) else { return Ok(None) };
+    let fd: std::os::fd::RawFd = arg.parse().map_err(|_| format!("--{flag}={arg} is not a descriptor number"))?;
     // SAFETY: `fcntl(F_GETFD)` only reads the descriptor's flags.
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-        return Err(format!("--uds-fd={arg}: no such open descriptor").into());
+        return Err(format!("--{flag}={arg}: no such open descriptor").into());
     }
-    Ok(fd)
+    // SAFETY: open (checked above), inherited for this process by the bench
+    // host, and adopted once: nothing else in this process owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
