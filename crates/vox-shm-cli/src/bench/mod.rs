@@ -301,7 +301,9 @@ pub fn host(case_json: &str) -> Res {
                 (Tx::Shm(tx), Rx::Shm(rx), child)
             }
         };
-        let m = in_task(&case, move |c| async move { drive_host(&c, tx, rx).await }).await;
+        // The RPC workload spawns its own tasks (`rpc_calls`).
+        let spawn = !case.in_block_on && case.kind != Kind::Rpc;
+        let m = in_task(&case, spawn, move |c| async move { drive_host(&c, tx, rx).await }).await;
         let status = tokio::task::spawn_blocking(move || child.wait()).await??;
         let m = m?;
         if !status.success() {
@@ -492,24 +494,24 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
             let (tx, rx) = link.split();
             (Tx::Shm(tx), Rx::Shm(rx))
         };
-        in_task(&case, move |c| async move { drive_guest(&c, tx, rx).await }).await
+        in_task(&case, !case.in_block_on, move |c| async move { drive_guest(&c, tx, rx).await }).await
     })
 }
 
-/// Runs `drive` in a task spawned on this thread, as a server runs a
-/// connection's handler, unless the case drives from the `block_on` future
-/// itself. The difference is tokio's: a waiter that looks and yields in the
-/// `block_on` future, with no other task ready, makes the runtime poll its
-/// driver (an `epoll_wait` and the timer wheel) at every look, where in a
-/// task it is only requeued. The RPC workload spawns its own tasks.
-async fn in_task<T, F, Fut>(case: &Case, drive: F) -> Res<T>
+/// Runs `drive` in a task spawned on this thread if `spawn`, as a server runs
+/// a connection's handler, or else in the `block_on` future itself. The
+/// difference is tokio's: a waiter that looks and yields in the `block_on`
+/// future, with no other task ready, makes the runtime poll its driver (an
+/// `epoll_wait` and the timer wheel) at every look, where in a task it is
+/// only requeued.
+async fn in_task<T, F, Fut>(case: &Case, spawn: bool, drive: F) -> Res<T>
 where
     T: 'static,
     F: FnOnce(Case) -> Fut,
     Fut: std::future::Future<Output = Res<T>> + 'static,
 {
     let fut = drive(case.clone());
-    if case.in_block_on || case.kind == Kind::Rpc {
+    if !spawn {
         return fut.await;
     }
     let local = tokio::task::LocalSet::new();
