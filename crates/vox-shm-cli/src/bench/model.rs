@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use vox_shm::WaitStrategy;
 
+use super::modes::{modes, Mode};
 use super::percentile;
 use crate::demo::human_size;
 
@@ -147,6 +148,10 @@ pub struct Measured {
     /// Round-trip deciles p10..p90 (ns), to see the shape of the distribution.
     #[serde(default)]
     pub deciles_ns: Vec<u64>,
+    /// The two modes of the latencies, where they have two (see
+    /// [`modes`](super::modes::modes)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modes: Vec<Mode>,
 }
 
 impl Measured {
@@ -158,6 +163,7 @@ impl Measured {
             p99_ns: percentile(sorted, 0.99),
             p999_ns: percentile(sorted, 0.999),
             deciles_ns: (1..10).map(|d| percentile(sorted, d as f64 / 10.0)).collect(),
+            modes: modes(sorted),
             messages: sorted.len() as u64,
             msgs_per_s: sorted.len() as f64 / secs,
             elapsed_s: secs,
