@@ -73,7 +73,10 @@ fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
     assert!(out.status.success(), "{t}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
-    assert_eq!(results.len(), 5, "unix-stream, three wait strategies and the cache-line floor");
+    // And iceoryx2's, in a build with it.
+    let iceoryx2 = cfg!(feature = "iceoryx2");
+    assert_eq!(results.len(), 5 + usize::from(iceoryx2), "unix-stream, three wait strategies and the cache-line floor");
+    assert_eq!(t.contains("iceoryx2 poll"), iceoryx2, "{t}");
     for r in results {
         assert!(r["error"].is_null(), "{r}");
         assert!(r["measured"]["p50_ns"].as_u64().unwrap() > 0);

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::model::{Case, Measured};
+use super::model::{time_round_trips, Case, Measured};
 use super::{pass_fd, take_fd};
 use crate::Res;
 
@@ -92,11 +92,7 @@ pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
     pass_fd(&mut cmd, "line-fd", &fd);
     let mut child = cmd.spawn()?;
     drop(fd);
-    let warmup = (case.count / 10).max(10);
-    let mut rtts = Vec::with_capacity(case.count as usize);
-    let started = Instant::now();
-    for seq in 1..=warmup + case.count {
-        let t = Instant::now();
+    let m = time_round_trips(case.count, |seq| {
         // Release/Acquire: the counter is all that travels, but the pairing
         // is what a real transport's publication costs.
         lines.host().store(seq, Ordering::Release);
@@ -109,19 +105,13 @@ pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
                 }
             }
         }
-        if seq > warmup {
-            rtts.push(t.elapsed().as_nanos() as u64);
-        }
-    }
-    let elapsed_s = started.elapsed().as_secs_f64();
+        Ok(())
+    })?;
     lines.host().store(STOP, Ordering::Release);
     let status = child.wait()?;
     if !status.success() {
         return Err(format!("guest failed: {status}").into());
     }
-    rtts.sort_unstable();
-    let mut m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
-    m.elapsed_s = elapsed_s;
     Ok(m)
 }
 

@@ -5,9 +5,15 @@
 
 mod cache_line;
 mod endpoint;
+#[cfg(feature = "iceoryx2")]
+mod iceoryx;
+#[cfg(not(feature = "iceoryx2"))]
+#[path = "no_iceoryx.rs"]
+mod iceoryx;
 mod model;
 mod modes;
 mod svg;
+mod table;
 #[cfg(feature = "vox")]
 mod vox_rpc;
 #[cfg(not(feature = "vox"))]
@@ -25,8 +31,9 @@ use vox_shm::{Features, Link, LinkOptions, Segment, SegmentConfig, SizeClassConf
 
 use crate::{runtime, Res};
 use endpoint::{Rx, Tx};
-use model::{fmt_ns, kernel, ratio, ratio_range};
+use model::kernel;
 pub use model::{Case, CaseResult, Kind, Measured, Pool, Transport};
+use table::render_table;
 
 /// Options of `vox-shm bench`.
 #[derive(Debug, clap::Args)]
@@ -123,15 +130,16 @@ fn cases(quick: bool) -> Vec<Case> {
     add(Kind::Stream, 1 << 20, q(3_000), Pool::Slots);
     add(Kind::Stream, 1 << 20, q(3_000), Pool::MappingTier);
     add(Kind::Duplex, 64, q(1_000_000), Pool::Slots);
-    // The machine's floor, right after the 64 B round trips it bounds.
+    // The machine's floor, right after the 64 B round trips it bounds (and
+    // iceoryx2's, in a build with it); then what waiting in `block_on`'s
+    // future costs (see `in_block_on`).
     let rt64 = |c: &Case| c.kind == Kind::RoundTrip && c.size == 64 && !c.one_cpu;
     let at = out.iter().rposition(rt64).expect("the 64 B round trips are there");
-    let floor = Case { transport: Transport::CacheLine, ..out[at].clone() };
-    out.insert(at + 1, floor);
-    // And what waiting in `block_on`'s future costs (see `in_block_on`).
-    let main =
-        [Transport::Uds, Transport::ShmSpin].map(|transport| Case { transport, in_block_on: true, ..out[at].clone() });
-    out.splice(at + 2..at + 2, main);
+    let beside = |transport| Case { transport, ..out[at].clone() };
+    let mut more: Vec<Case> = iceoryx::BUILT.then(|| beside(Transport::Iceoryx2)).into_iter().collect();
+    more.push(beside(Transport::CacheLine));
+    more.extend([Transport::Uds, Transport::ShmSpin].map(|transport| Case { in_block_on: true, ..beside(transport) }));
+    out.splice(at + 1..at + 1, more);
     out
 }
 
@@ -283,6 +291,9 @@ pub fn host(case_json: &str) -> Res {
         }
         if case.transport == Transport::CacheLine {
             return cache_line::host(&case, cmd);
+        }
+        if case.transport == Transport::Iceoryx2 {
+            return iceoryx::host(&case, cmd);
         }
         let (tx, rx, mut child) = match case.transport {
             Transport::Uds => {
@@ -483,6 +494,9 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
     if case.transport == Transport::CacheLine {
         return cache_line::guest(&rest);
     }
+    if case.transport == Transport::Iceoryx2 {
+        return iceoryx::guest(&rest);
+    }
     runtime()?.block_on(async {
         let (tx, rx) = if let Some(fd) = take_fd(&rest, "uds-fd")? {
             let sock = std::os::unix::net::UnixStream::from(fd);
@@ -587,88 +601,6 @@ async fn both_ways(tx: &mut Tx, rx: &mut Rx, sends: u64, size: usize, receives: 
         Ok::<_, std::io::Error>(())
     };
     tokio::try_join!(sender, receiver).map(|_| ())
-}
-
-fn fmt_rate(m: &Measured, case: &Case) -> String {
-    match (case.kind, m.bytes_per_s) {
-        (Kind::Rpc | Kind::Vox, _) => format!("{:.1} k calls/s", m.msgs_per_s / 1e3),
-        (Kind::RoundTrip, _) => format!("{:.1} k RT/s", m.msgs_per_s / 1e3),
-        (_, Some(b)) if case.size >= 16 * 1024 => format!("{:.2} GiB/s", b / (1u64 << 30) as f64),
-        _ => format!("{:.2} M msg/s", m.msgs_per_s / 1e6),
-    }
-}
-
-pub fn render_table(results: &[CaseResult]) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<32} {:<14} {:>11} {:>11} {:>11} {:>14} {:>9} {:>8}",
-        "workload", "transport", "p50", "p99", "p99.9", "throughput", "vs unix", "signals"
-    );
-    let mut last = String::new();
-    for r in results {
-        if r.workload != last && !last.is_empty() {
-            s.push('\n');
-        }
-        last = r.workload.clone();
-        match (&r.measured, &r.error) {
-            (Some(m), _) => {
-                let lat = matches!(r.case.kind, Kind::RoundTrip | Kind::Rpc | Kind::Vox);
-                let (p50, p99, p999) = if lat {
-                    (fmt_ns(m.p50_ns), fmt_ns(m.p99_ns), fmt_ns(m.p999_ns))
-                } else {
-                    ("-".into(), "-".into(), "-".into())
-                };
-                let ratio = if r.case.transport == Transport::Uds {
-                    "1.00x".to_string()
-                } else {
-                    match (ratio(r, results), ratio_range(r, results)) {
-                        (Some(x), Some((lo, hi))) => format!("{x:.2}x ({lo:.1}-{hi:.1})"),
-                        (Some(x), None) => format!("{x:.2}x"),
-                        _ => "-".into(),
-                    }
-                };
-                // Counted only where the host drives a vox-shm link itself
-                // (in a vox case, vox owns the link's halves).
-                let counted = r.case.transport.is_shm() && r.case.kind != Kind::Vox;
-                let signals = if counted { m.host_signals.to_string() } else { "-".into() };
-                let _ = writeln!(
-                    s,
-                    "{:<32} {:<14} {:>11} {:>11} {:>11} {:>14} {:>9} {:>8}",
-                    r.workload,
-                    r.transport,
-                    p50,
-                    p99,
-                    p999,
-                    fmt_rate(m, &r.case),
-                    ratio,
-                    signals
-                );
-            }
-            (None, e) => {
-                let _ = writeln!(s, "{:<32} {:<14} FAILED: {}", r.workload, r.transport, e.as_deref().unwrap_or("?"));
-            }
-        }
-    }
-    let bimodal: Vec<&CaseResult> = results.iter().filter(|r| r.runs.iter().any(|m| !m.modes.is_empty())).collect();
-    if !bimodal.is_empty() {
-        let _ = writeln!(s, "\nlatencies with two modes (fast | slow, share of the samples), per run:");
-    }
-    for r in bimodal {
-        let per_run: Vec<String> = r
-            .runs
-            .iter()
-            .map(|m| match m.modes.as_slice() {
-                [a, b] => {
-                    format!("{} {:.0}% | {} {:.0}%", fmt_ns(a.ns), a.share * 100.0, fmt_ns(b.ns), b.share * 100.0)
-                }
-                _ => format!("one mode, p50 {}", fmt_ns(m.p50_ns)),
-            })
-            .collect();
-        let _ = writeln!(s, "  {:<47} {}", r.case.name(), per_run.join("; "));
-    }
-    s
 }
 
 /// Passes `fd` to the guest `cmd` will start, as `--{flag}=N`: it survives

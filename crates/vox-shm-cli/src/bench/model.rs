@@ -50,6 +50,9 @@ pub enum Transport {
     /// through one cache line each way, spinning (the 64 B round trip only):
     /// the machine's floor in that run.
     CacheLine,
+    /// iceoryx2 0.10 publish-subscribe, one service each way, polling
+    /// without sleeping (the 64 B round trip only; feature `iceoryx2`).
+    Iceoryx2,
 }
 
 impl Transport {
@@ -73,6 +76,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Memory => "in-process",
             Transport::CacheLine => "cache line",
+            Transport::Iceoryx2 => "iceoryx2 poll",
         }
     }
 }
@@ -170,6 +174,29 @@ impl Measured {
             ..Measured::default()
         }
     }
+}
+
+/// Times `count` round trips after a tenth as many for warming up (at least
+/// 10), as every round-trip case does: `one(seq)` makes round trip `seq`,
+/// numbered from 1. For the cases without a runtime (the floor, iceoryx2);
+/// vox-shm's and the socket's are `async`.
+pub fn time_round_trips(count: u64, mut one: impl FnMut(u64) -> crate::Res) -> crate::Res<Measured> {
+    let warmup = (count / 10).max(10);
+    let mut rtts = Vec::with_capacity(count as usize);
+    let started = std::time::Instant::now();
+    for seq in 1..=warmup + count {
+        let t = std::time::Instant::now();
+        one(seq)?;
+        if seq > warmup {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    rtts.sort_unstable();
+    // The rate of the timed round trips alone, without the warm-up.
+    let mut m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
+    m.elapsed_s = elapsed_s;
+    Ok(m)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

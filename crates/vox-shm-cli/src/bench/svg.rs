@@ -80,6 +80,7 @@ fn color(t: Transport) -> &'static str {
         Transport::Tcp => "#c9a13b",
         Transport::Memory => "#ddd",
         Transport::CacheLine => "#bbb",
+        Transport::Iceoryx2 => "#8c564b",
     }
 }
 
