@@ -121,8 +121,8 @@ fn cases(quick: bool) -> Vec<Case> {
     add(Kind::RoundTrip, 64, q(20_000), Pool::Slots);
     add(Kind::RoundTrip, 4096, q(20_000), Pool::Slots);
     add(Kind::RoundTrip, 64 * 1024, q(5_000), Pool::Slots);
-    // The two tiers' 1 MiB round trips back to back, so that both see the
-    // same state of the machine (which has a fast and a slow one).
+    // The two tiers' 1 MiB round trips side by side (and run twin by twin:
+    // see `run_order`).
     add(Kind::RoundTrip, 1 << 20, q(2_000), Pool::Slots);
     add(Kind::RoundTrip, 1 << 20, q(2_000), Pool::MappingTier);
     add(Kind::Stream, 64, q(2_000_000), Pool::Slots);

@@ -153,7 +153,7 @@ pub struct Measured {
     #[serde(default)]
     pub deciles_ns: Vec<u64>,
     /// The two modes of the latencies, where they have two (see
-    /// [`modes`](super::modes::modes)).
+    /// [`modes`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modes: Vec<Mode>,
 }
