@@ -31,7 +31,7 @@ use vox_shm::{Features, Link, LinkOptions, Segment, SegmentConfig, SizeClassConf
 
 use crate::{runtime, Res};
 use endpoint::{Rx, Tx};
-use model::kernel;
+use model::{kernel, warmup_count};
 pub use model::{Case, CaseResult, Kind, Measured, Pool, Transport};
 use table::render_table;
 
@@ -212,11 +212,7 @@ pub fn run(args: BenchArgs) -> Res {
 /// four cases apart, the slot tier's spin round trip once measured 39 us in
 /// the fast state and the mapping tier's 92 us in the slow one.)
 fn run_order(cases: &[Case]) -> Vec<usize> {
-    let twin = |c: &Case| {
-        cases
-            .iter()
-            .position(|s| s.pool == Pool::Slots && s.kind == c.kind && s.size == c.size && s.transport == c.transport)
-    };
+    let twin = |c: &Case| cases.iter().position(|s| is_slot_twin(s, c));
     let mut order: Vec<(usize, usize)> = (0..cases.len())
         .map(|i| match cases[i].pool {
             Pool::MappingTier => (twin(&cases[i]).unwrap_or(i), i),
@@ -225,6 +221,11 @@ fn run_order(cases: &[Case]) -> Vec<usize> {
         .collect();
     order.sort_unstable();
     order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// `s` is the slot-tier case of `c`'s workload and transport.
+fn is_slot_twin(s: &Case, c: &Case) -> bool {
+    s.pool == Pool::Slots && s.kind == c.kind && s.size == c.size && s.transport == c.transport
 }
 
 /// Runs one case in a fresh host process (which spawns its guest).
@@ -361,7 +362,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
     };
     match case.kind {
         Kind::RoundTrip => {
-            let warmup = (case.count / 10).max(10);
+            let warmup = warmup_count(case.count);
             let mut rtts = Vec::with_capacity(case.count as usize);
             let started = Instant::now();
             for seq in 0..warmup + case.count {
@@ -372,11 +373,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
                     rtts.push(t.elapsed().as_nanos() as u64);
                 }
             }
-            let elapsed_s = started.elapsed().as_secs_f64();
-            rtts.sort_unstable();
-            // The rate of the timed round trips alone, without the warm-up.
-            m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
-            m.elapsed_s = elapsed_s;
+            m = Measured::from_round_trips(rtts, started.elapsed().as_secs_f64());
         }
         Kind::Stream => {
             ready(&mut tx, &mut rx).await?;
@@ -409,7 +406,7 @@ async fn drive_host(case: &Case, mut tx: Tx, mut rx: Rx) -> Res<Measured> {
             // guest process running and its pages touched: a run of 20,000
             // calls at 2 M calls/s lasts 10 ms, and the guest's start-up
             // alone had cost up to 5 ms of it (p99.9 of 4-5 ms).
-            for k in 0..(case.count / 10).max(10) {
+            for k in 0..warmup_count(case.count) {
                 let seq = u64::MAX - k;
                 tx.send(seq, case.size).await?;
                 rx.expect(seq).await?;
@@ -678,17 +675,8 @@ mod tests {
         assert!(mapping.len() >= 6, "round trip and stream, three strategies each");
         for m in mapping {
             let at = order.iter().position(|&i| i == m).unwrap();
-            let before = &all[order[at - 1]];
-            let c = &all[m];
-            assert!(
-                before.pool == Pool::Slots
-                    && before.kind == c.kind
-                    && before.size == c.size
-                    && before.transport == c.transport,
-                "{} runs after {}",
-                c.name(),
-                before.name()
-            );
+            let (before, c) = (&all[order[at - 1]], &all[m]);
+            assert!(is_slot_twin(before, c), "{} runs after {}", c.name(), before.name());
         }
     }
 }

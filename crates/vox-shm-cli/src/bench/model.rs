@@ -174,14 +174,30 @@ impl Measured {
             ..Measured::default()
         }
     }
+
+    /// The figures of timed round trips (ns, in any order) that ran for
+    /// `elapsed_s` including the warm-up: the rate is of the timed ones alone.
+    pub fn from_round_trips(mut rtts: Vec<u64>, elapsed_s: f64) -> Self {
+        rtts.sort_unstable();
+        let mut m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
+        m.elapsed_s = elapsed_s;
+        m
+    }
 }
 
-/// Times `count` round trips after a tenth as many for warming up (at least
-/// 10), as every round-trip case does: `one(seq)` makes round trip `seq`,
-/// numbered from 1. For the cases without a runtime (the floor, iceoryx2);
-/// vox-shm's and the socket's are `async`.
+/// The round trips or calls a latency case (round trip, rpc, vox) makes
+/// before its clock starts: a tenth of `count`, at least 10, so the guest
+/// process is running and its pages touched.
+pub fn warmup_count(count: u64) -> u64 {
+    (count / 10).max(10)
+}
+
+/// Times `count` round trips after [`warmup_count`] more, as every
+/// round-trip case does: `one(seq)` makes round trip `seq`, numbered from 1.
+/// For the cases without a runtime (the floor, iceoryx2); vox-shm's and the
+/// socket's are `async`.
 pub fn time_round_trips(count: u64, mut one: impl FnMut(u64) -> crate::Res) -> crate::Res<Measured> {
-    let warmup = (count / 10).max(10);
+    let warmup = warmup_count(count);
     let mut rtts = Vec::with_capacity(count as usize);
     let started = std::time::Instant::now();
     for seq in 1..=warmup + count {
@@ -191,12 +207,7 @@ pub fn time_round_trips(count: u64, mut one: impl FnMut(u64) -> crate::Res) -> c
             rtts.push(t.elapsed().as_nanos() as u64);
         }
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    rtts.sort_unstable();
-    // The rate of the timed round trips alone, without the warm-up.
-    let mut m = Measured::from_sorted_latencies(&rtts, rtts.iter().sum::<u64>() as f64 / 1e9);
-    m.elapsed_s = elapsed_s;
-    Ok(m)
+    Ok(Measured::from_round_trips(rtts, started.elapsed().as_secs_f64()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use vox_shm::LinkOptions;
 use vox_shm_vox::service::{EchoClient, EchoDispatcher, EchoService};
 use vox_shm_vox::VoxLink;
 
-use super::model::{Case, Kind, Measured, Pool, Transport};
+use super::model::{warmup_count, Case, Kind, Measured, Pool, Transport};
 use super::{bench_segment, shm_guest_link};
 use crate::Res;
 
@@ -115,7 +115,7 @@ where
     let size = case.size;
     let blob: Arc<[u8]> = (0..size).map(|i| i as u8).collect();
     // Warm up (the guest running, pages touched) before the clock starts.
-    for i in 0..(case.count / 10).max(10) {
+    for i in 0..warmup_count(case.count) {
         call(&client, size, i, &blob).await?;
     }
     let callers = u64::from(case.callers.max(1));
