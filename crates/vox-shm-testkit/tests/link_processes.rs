@@ -255,6 +255,42 @@ async fn a_scribbled_ring_is_a_typed_error_not_a_livelock() {
     }
 }
 
+/// A guest killed (`kill -9`) while its ring holds a half-published wrap is
+/// reported dead as soon as its doorbell shows the hang-up, not as a corrupt
+/// ring once the wrap has stalled for `WRAP_STALL_LIMIT` (1 s): the receiver
+/// looking at the unfinished wrap still drains the doorbell, once per polling
+/// slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_killed_with_a_half_published_wrap_is_dead_not_corrupt() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), 4096, &SMALL_POOL, 1);
+    let (bad, mut child) = spawn(PEER, &hub, &["hostile", "wrap-stall"]);
+    let (_tx, mut rx) = bad.split();
+    for _ in 0..3 {
+        assert_eq!(recv(&mut rx).await.unwrap().unwrap().as_bytes().len(), 100);
+    }
+    // The guest says when the wrap is half-published.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let scribbled = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap() > 0 && !line.contains("scribbled") {
+            line.clear();
+        }
+        line
+    });
+    let line = tokio::time::timeout(LIMIT, scribbled).await.expect("guest scribbles in time").unwrap();
+    assert!(line.contains("scribbled wrap-stall"), "{line:?}");
+    let receiving = tokio::spawn(async move { (rx.recv().await.map(|m| m.is_some()), rx) });
+    tokio::time::sleep(Duration::from_millis(50)).await; // the receiver is at the wrap
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    let (got, _rx) = tokio::time::timeout(LIMIT, receiving).await.expect("receive ends").unwrap();
+    let err = got.expect_err("the guest died");
+    assert!(matches!(err, ShmLinkRxError::PeerDead { host: false, .. }), "{err:?} after {:?}", killed.elapsed());
+}
+
 /// The host drops a failed link while its guest still lives; the guest dies
 /// later. Recovery must not depend on that order: the slot comes back either
 /// way, round after round, in a hub with room for one guest.

@@ -3,7 +3,7 @@
 
 use super::shared::{Core, Shared};
 use super::stats::{bump, snapshot, ShmTransportStatsSnapshot};
-use super::wait::{Coop, Half, Poller, SpinHistory};
+use super::wait::{yield_to_ready_tasks, Coop, Half, Poller, SpinHistory, POLL_SLICE};
 use crate::framing::{self, Frame, FrameError, MmapRef, SLOT_LEN_PREFIX};
 use crate::link::{Backing, LinkRx, SharedBacking};
 use crate::mmap_registry::{MmapAttachments, MmapResolveError};
@@ -346,7 +346,7 @@ impl ShmLinkRx {
         self.coop.tick().await;
         let mut poller = Poller::new(self.core.next_wait(&mut self.spin));
         let mut parked = false;
-        let mut wrap_since = None;
+        let mut wrap_stall = None;
         loop {
             match self.step()? {
                 Step::Message(b) => {
@@ -367,22 +367,29 @@ impl ShmLinkRx {
                 return end;
             }
             if self.consumer.wrap_pending() {
-                // The producer's `write = 0` is about to land: look again. An
-                // honest producer makes its two stores back to back; a wrap
-                // that stays half-done is a hostile ring, and a peer that hung
-                // up meanwhile must still be noticed.
-                let since = *wrap_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > WRAP_STALL_LIMIT {
+                // The producer's `write = 0` is about to land: look again,
+                // after every other ready task (as polling does, without a
+                // driver poll per look). An honest producer makes its two
+                // stores back to back; a wrap that stays half-done is a
+                // hostile ring, and a peer that hung up meanwhile must still
+                // be noticed: the doorbell is drained at the first look and
+                // once per polling slice after it (a system call each).
+                let now = Instant::now();
+                let (since, checked) = wrap_stall.get_or_insert((now, None));
+                if now.duration_since(*since) > WRAP_STALL_LIMIT {
                     let peer = self.core.peer.get();
                     let (_, watermark, _) = self.core.rx_ring.positions();
                     let error = RingError::WrapNeverCompleted { watermark };
                     return Err(self.fail(ShmLinkRxError::CorruptRing { peer, error }));
                 }
-                self.core.check_hang_up(Half::Rx);
-                tokio::task::yield_now().await;
+                if checked.is_none_or(|c| now.duration_since(c) >= POLL_SLICE) {
+                    *checked = Some(now);
+                    self.core.check_hang_up(Half::Rx);
+                }
+                yield_to_ready_tasks().await;
                 continue;
             }
-            wrap_since = None;
+            wrap_stall = None;
             if poller.keep_polling().await {
                 if poller.took_a_slice() {
                     self.core.check_hang_up(Half::Rx);

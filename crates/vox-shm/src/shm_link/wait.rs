@@ -175,7 +175,7 @@ pub(super) struct Poller {
 /// back (`vox-shm bench --runs 3` each, a 2-core Xeon VM) gave 312.6 k ->
 /// 411.4 k calls/s with 1 caller and 1.27 M -> 1.68 M with 64; 8 callers
 /// moved within the noise (1.10 M -> 1.01 M).
-async fn yield_to_ready_tasks() {
+pub(super) async fn yield_to_ready_tasks() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if std::mem::replace(&mut yielded, true) {
