@@ -73,19 +73,27 @@ fn a_quick_benchmark_case_reports_results_next_to_the_baseline() {
     assert!(out.status.success(), "{t}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
-    // And iceoryx2's, in a build with it.
+    // And iceoryx2's, in a build with it; the sleeping floor on Linux.
     let iceoryx2 = cfg!(feature = "iceoryx2");
-    assert_eq!(results.len(), 5 + usize::from(iceoryx2), "unix-stream, three wait strategies and the cache-line floor");
+    let futex = cfg!(target_os = "linux");
+    assert_eq!(
+        results.len(),
+        5 + usize::from(iceoryx2) + usize::from(futex),
+        "unix-stream, three wait strategies and the two floors"
+    );
     assert_eq!(t.contains("iceoryx2 poll"), iceoryx2, "{t}");
+    assert_eq!(t.contains("futex sleep"), futex, "{t}");
     for r in results {
         assert!(r["error"].is_null(), "{r}");
         assert!(r["measured"]["p50_ns"].as_u64().unwrap() > 0);
     }
     assert!(t.contains("unix-stream") && t.contains("shm busy-poll") && t.contains("vs unix"), "{t}");
-    assert!(
-        t.lines().any(|l| l.contains("cache line") && l.trim_end().ends_with('-')),
-        "the floor sends no signals: {t}"
-    );
+    for floor in ["cache line"].into_iter().chain(futex.then_some("futex sleep")) {
+        assert!(
+            t.lines().any(|l| l.contains(floor) && l.trim_end().ends_with('-')),
+            "the {floor} floor sends no doorbell signals: {t}"
+        );
+    }
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("shm spin"));
 }

@@ -6,7 +6,7 @@
 //! show how much of their spread is the machine's.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +26,9 @@ const CHECK_EVERY: u64 = 1 << 20;
 /// A guest that sees no new value for this long gives up.
 const GUEST_PATIENCE: Duration = Duration::from_secs(30);
 
-/// A shared mapping of a file's first page, holding the two counters.
-struct Lines {
+/// A shared mapping of a file's first page, holding the two counters (this
+/// floor's, and the sleeping floor's in `futex`).
+pub(super) struct Lines {
     base: NonNull<u8>,
 }
 
@@ -63,11 +64,44 @@ impl Lines {
         Ok(Lines { base })
     }
 
+    /// The host's side: a fresh page, mapped here and handed to the guest
+    /// `cmd` spawns (as `--line-fd`).
+    pub(super) fn spawn_with(mut cmd: Command) -> Res<(Lines, Child)> {
+        let (fd, lines) = Lines::create()?;
+        pass_fd(&mut cmd, "line-fd", &fd);
+        let child = cmd.spawn()?;
+        drop(fd); // the guest has its own
+        Ok((lines, child))
+    }
+
+    /// The guest's side: the file the host passed as `--line-fd`, mapped.
+    pub(super) fn adopt(rest: &[String]) -> Res<Lines> {
+        let fd = take_fd(rest, "line-fd")?.ok_or("the floor's guest needs --line-fd")?;
+        let file = std::fs::File::from(fd);
+        let len = file.metadata()?.len();
+        if len < MAP_LEN as u64 {
+            return Err(format!("--line-fd is {len} bytes, not {MAP_LEN}").into());
+        }
+        Lines::map(&OwnedFd::from(file))
+    }
+
     fn at(&self, offset: usize) -> &AtomicU64 {
         // SAFETY: offset + 8 <= MAP_LEN and 8-aligned (page-aligned base);
         // the page stays mapped while `self` lives, any bit pattern is a valid
         // AtomicU64, and the other process only ever accesses it atomically.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The 32-bit word at `offset` (a futex word). Panics unless it is
+    /// 4-aligned and inside the page.
+    #[cfg(target_os = "linux")]
+    pub(super) fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= MAP_LEN, "word at {offset}");
+        // SAFETY: inside the mapping and 4-aligned (checked above, base is
+        // page-aligned); the page stays mapped while `self` lives, any bit
+        // pattern is a valid AtomicU32, and the other process only ever
+        // accesses it atomically (or through the futex system call).
+        unsafe { &*self.base.as_ptr().add(offset).cast::<std::sync::atomic::AtomicU32>() }
     }
     fn host(&self) -> &AtomicU64 {
         self.at(0)
@@ -87,11 +121,8 @@ impl Drop for Lines {
 
 /// The host of the floor case: spawns `cmd` (the guest) with the file and
 /// times `case.count` round trips after a warm-up, as the other round trips.
-pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
-    let (fd, lines) = Lines::create()?;
-    pass_fd(&mut cmd, "line-fd", &fd);
-    let mut child = cmd.spawn()?;
-    drop(fd);
+pub fn host(case: &Case, cmd: Command) -> Res<Measured> {
+    let (lines, mut child) = Lines::spawn_with(cmd)?;
     let m = time_round_trips(case.count, |seq| {
         // Release/Acquire: the counter is all that travels, but the pairing
         // is what a real transport's publication costs.
@@ -117,14 +148,7 @@ pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
 
 /// The guest of the floor case: echoes each counter value until told to stop.
 pub fn guest(rest: &[String]) -> Res {
-    let fd = take_fd(rest, "line-fd")?.ok_or("the cache-line guest needs --line-fd")?;
-    let file = std::fs::File::from(fd);
-    let len = file.metadata()?.len();
-    if len < MAP_LEN as u64 {
-        return Err(format!("--line-fd is {len} bytes, not {MAP_LEN}").into());
-    }
-    let fd = OwnedFd::from(file);
-    let lines = Lines::map(&fd)?;
+    let lines = Lines::adopt(rest)?;
     let (mut want, mut spins) = (1u64, 0u64);
     let mut progress = (want, Instant::now());
     loop {

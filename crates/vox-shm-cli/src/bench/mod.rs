@@ -1,10 +1,15 @@
 //! `vox-shm bench`: every workload over vox-shm (for each wait strategy) and
 //! over a tokio `UnixStream`, each case in fresh host and guest processes,
 //! with the ratio between them; beside the 64 B round trips, the machine's
-//! floor for one (see [`cache_line`]).
+//! floors for one: spinning (see [`cache_line`]) and asleep (see `futex`).
 
 mod cache_line;
 mod endpoint;
+#[cfg(target_os = "linux")]
+mod futex;
+#[cfg(not(target_os = "linux"))]
+#[path = "no_futex.rs"]
+mod futex;
 #[cfg(feature = "iceoryx2")]
 mod iceoryx;
 #[cfg(not(feature = "iceoryx2"))]
@@ -130,7 +135,7 @@ fn cases(quick: bool) -> Vec<Case> {
     add(Kind::Stream, 1 << 20, q(3_000), Pool::Slots);
     add(Kind::Stream, 1 << 20, q(3_000), Pool::MappingTier);
     add(Kind::Duplex, 64, q(1_000_000), Pool::Slots);
-    // The machine's floor, right after the 64 B round trips it bounds (and
+    // The machine's floors, right after the 64 B round trips they bound (and
     // iceoryx2's, in a build with it); then what waiting in `block_on`'s
     // future costs (see `in_block_on`).
     let rt64 = |c: &Case| c.kind == Kind::RoundTrip && c.size == 64 && !c.one_cpu;
@@ -138,6 +143,7 @@ fn cases(quick: bool) -> Vec<Case> {
     let beside = |transport| Case { transport, ..out[at].clone() };
     let mut more: Vec<Case> = iceoryx::BUILT.then(|| beside(Transport::Iceoryx2)).into_iter().collect();
     more.push(beside(Transport::CacheLine));
+    more.extend(futex::BUILT.then(|| beside(Transport::Futex)));
     more.extend([Transport::Uds, Transport::ShmSpin].map(|transport| Case { in_block_on: true, ..beside(transport) }));
     out.splice(at + 1..at + 1, more);
     out
@@ -316,6 +322,9 @@ pub fn host(case_json: &str) -> Res {
         }
         if case.transport == Transport::CacheLine {
             return cache_line::host(&case, cmd);
+        }
+        if case.transport == Transport::Futex {
+            return futex::host(&case, cmd);
         }
         if case.transport == Transport::Iceoryx2 {
             return iceoryx::host(&case, cmd);
@@ -514,6 +523,9 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
     }
     if case.transport == Transport::CacheLine {
         return cache_line::guest(&rest);
+    }
+    if case.transport == Transport::Futex {
+        return futex::guest(&rest);
     }
     if case.transport == Transport::Iceoryx2 {
         return iceoryx::guest(&rest);

@@ -53,6 +53,10 @@ pub enum Transport {
     /// iceoryx2 0.10 publish-subscribe, one service each way, polling
     /// without sleeping (the 64 B round trip only; feature `iceoryx2`).
     Iceoryx2,
+    /// No transport either: a counter passed through one word each way,
+    /// each side asleep in `FUTEX_WAIT` until woken (the 64 B round trip
+    /// only, Linux): the floor for any transport that sleeps, in that run.
+    Futex,
 }
 
 impl Transport {
@@ -77,6 +81,7 @@ impl Transport {
             Transport::Memory => "in-process",
             Transport::CacheLine => "cache line",
             Transport::Iceoryx2 => "iceoryx2 poll",
+            Transport::Futex => "futex sleep",
         }
     }
 }
