@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::model::{time_round_trips, Case, Measured};
+use super::model::{reap_guest, time_round_trips, Case, Measured};
 use super::{pass_fd, take_fd};
 use crate::Res;
 
@@ -139,10 +139,7 @@ pub fn host(case: &Case, cmd: Command) -> Res<Measured> {
         Ok(())
     })?;
     lines.host().store(STOP, Ordering::Release);
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
+    reap_guest(child)?;
     Ok(m)
 }
 

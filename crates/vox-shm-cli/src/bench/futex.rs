@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cache_line::Lines;
-use super::model::{time_round_trips, Case, Measured};
+use super::model::{reap_guest, time_round_trips, Case, Measured};
 use crate::Res;
 
 /// Whether this build has the futex case.
@@ -92,10 +92,7 @@ pub fn host(case: &Case, cmd: Command) -> Res<Measured> {
     })?;
     mine.store(STOP, Ordering::Release);
     wake(mine);
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
+    reap_guest(child)?;
     Ok(m)
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use iceoryx2::prelude::*;
 
-use super::model::{time_round_trips, Case, Measured};
+use super::model::{reap_guest, time_round_trips, Case, Measured};
 use super::wire::{consume, stamp};
 use crate::Res;
 
@@ -108,10 +108,7 @@ pub fn host(case: &Case, mut cmd: Command) -> Res<Measured> {
         }
     })?;
     ports.send(STOP)?;
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(format!("guest failed: {status}").into());
-    }
+    reap_guest(child)?;
     Ok(m)
 }
 

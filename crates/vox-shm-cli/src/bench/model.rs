@@ -215,6 +215,16 @@ pub fn time_round_trips(count: u64, mut one: impl FnMut(u64) -> crate::Res) -> c
     Ok(Measured::from_round_trips(rtts, started.elapsed().as_secs_f64()))
 }
 
+/// Waits for the guest of a round trip without a runtime (which has been
+/// told to stop) and turns a failed exit into an error.
+pub fn reap_guest(mut child: std::process::Child) -> crate::Res {
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(format!("guest failed: {status}").into());
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseResult {
     pub case: Case,
