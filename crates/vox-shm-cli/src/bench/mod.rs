@@ -141,7 +141,8 @@ fn cases(quick: bool) -> Vec<Case> {
     let rt64 = |c: &Case| c.kind == Kind::RoundTrip && c.size == 64 && !c.one_cpu;
     let at = out.iter().rposition(rt64).expect("the 64 B round trips are there");
     let beside = |transport| Case { transport, ..out[at].clone() };
-    let mut more: Vec<Case> = iceoryx::BUILT.then(|| beside(Transport::Iceoryx2)).into_iter().collect();
+    let iceoryx2 = [Transport::Iceoryx2, Transport::Iceoryx2Sleep].map(beside);
+    let mut more: Vec<Case> = iceoryx::BUILT.then_some(iceoryx2).into_iter().flatten().collect();
     more.push(beside(Transport::CacheLine));
     more.extend(futex::BUILT.then(|| beside(Transport::Futex)));
     more.extend([Transport::Uds, Transport::ShmSpin].map(|transport| Case { in_block_on: true, ..beside(transport) }));
@@ -326,8 +327,8 @@ pub fn host(case_json: &str) -> Res {
         if case.transport == Transport::Futex {
             return futex::host(&case, cmd);
         }
-        if case.transport == Transport::Iceoryx2 {
-            return iceoryx::host(&case, cmd);
+        if let Some(sleeps) = case.transport.iceoryx2_sleeps() {
+            return iceoryx::host(&case, cmd, sleeps);
         }
         let (tx, rx, mut child) = match case.transport {
             Transport::Uds => {
@@ -527,8 +528,8 @@ pub fn guest(case_json: &str, rest: Vec<String>) -> Res {
     if case.transport == Transport::Futex {
         return futex::guest(&rest);
     }
-    if case.transport == Transport::Iceoryx2 {
-        return iceoryx::guest(&rest);
+    if let Some(sleeps) = case.transport.iceoryx2_sleeps() {
+        return iceoryx::guest(&rest, sleeps);
     }
     runtime()?.block_on(async {
         let (tx, rx) = if let Some(fd) = take_fd(&rest, "uds-fd")? {

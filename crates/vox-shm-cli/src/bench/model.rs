@@ -53,6 +53,10 @@ pub enum Transport {
     /// iceoryx2 0.10 publish-subscribe, one service each way, polling
     /// without sleeping (the 64 B round trip only; feature `iceoryx2`).
     Iceoryx2,
+    /// The same services, each side asleep on an iceoryx2 event service
+    /// until the sender's notifier wakes it (its way to sleep, beside
+    /// vox-shm's park; the 64 B round trip only; feature `iceoryx2`).
+    Iceoryx2Sleep,
     /// No transport either: a counter passed through one word each way,
     /// each side asleep in `FUTEX_WAIT` until woken (the 64 B round trip
     /// only, Linux): the floor for any transport that sleeps, in that run.
@@ -71,6 +75,14 @@ impl Transport {
             _ => WaitStrategy::default(),
         }
     }
+    /// For iceoryx2's rows: whether its sides sleep (else they poll).
+    pub fn iceoryx2_sleeps(self) -> Option<bool> {
+        match self {
+            Transport::Iceoryx2 => Some(false),
+            Transport::Iceoryx2Sleep => Some(true),
+            _ => None,
+        }
+    }
     pub fn label(self) -> &'static str {
         match self {
             Transport::Uds => "unix-stream",
@@ -81,6 +93,7 @@ impl Transport {
             Transport::Memory => "in-process",
             Transport::CacheLine => "cache line",
             Transport::Iceoryx2 => "iceoryx2 poll",
+            Transport::Iceoryx2Sleep => "iceoryx2 sleep",
             Transport::Futex => "futex sleep",
         }
     }

@@ -9,10 +9,10 @@ pub const BUILT: bool = false;
 
 const MISSING: &str = "this vox-shm was built without its `iceoryx2` feature";
 
-pub fn host(_case: &Case, _cmd: std::process::Command) -> Res<Measured> {
+pub fn host(_case: &Case, _cmd: std::process::Command, _sleeps: bool) -> Res<Measured> {
     Err(MISSING.into())
 }
 
-pub fn guest(_rest: &[String]) -> Res {
+pub fn guest(_rest: &[String], _sleeps: bool) -> Res {
     Err(MISSING.into())
 }

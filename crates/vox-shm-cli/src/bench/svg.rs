@@ -81,6 +81,7 @@ fn color(t: Transport) -> &'static str {
         Transport::Memory => "#ddd",
         Transport::CacheLine => "#bbb",
         Transport::Iceoryx2 => "#8c564b",
+        Transport::Iceoryx2Sleep => "#c49c94",
         Transport::Futex => "#d0d0d0",
     }
 }
