@@ -62,13 +62,12 @@ impl Ports {
         let (out, inp) = if host { ("ping", "pong") } else { ("pong", "ping") };
         // The listener before the subscriber: once the other side's send
         // reaches our subscriber, its notifications reach us too.
-        let wake = match sleeps {
-            true => {
-                let listener = event(&format!("{inp}-event"))?.listener_builder().create()?;
-                let notifier = event(&format!("{out}-event"))?.notifier_builder().create()?;
-                Some(Wake { notifier, listener })
-            }
-            false => None,
+        let wake = if sleeps {
+            let listener = event(&format!("{inp}-event"))?.listener_builder().create()?;
+            let notifier = event(&format!("{out}-event"))?.notifier_builder().create()?;
+            Some(Wake { notifier, listener })
+        } else {
+            None
         };
         let (out, inp) = (service(out)?, service(inp)?);
         let rx = inp.subscriber_builder().create()?;
